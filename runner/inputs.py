@@ -221,7 +221,7 @@ class InputReader:
                 if not record:
                     continue  # a blank line is not a record
                 number += 1
-                row_id, problem = self._csv_id(record, id_index, number, line)
+                row_id, problem = self._csv_id(record, id_index, number)
                 columns: dict[str, Any] = {}
                 if len(record) != width:
                     problem = f"expected {width} fields, found {len(record)}"
@@ -231,7 +231,7 @@ class InputReader:
                 yield self._finish(seen, row_id, line, problem, columns)
 
     def _csv_id(
-        self, record: list[str], id_index: int | None, number: int, line: int
+        self, record: list[str], id_index: int | None, number: int
     ) -> tuple[str | None, str | None]:
         """The record's id (None if unusable) and the problem with it, if any."""
         if id_index is None:
@@ -263,7 +263,7 @@ class InputReader:
                     raw = raw.removeprefix(_BOM)
                 try:
                     value = json.loads(raw.decode("utf-8"))
-                except (UnicodeDecodeError, ValueError):
+                except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
                     continue
                 if isinstance(value, dict):
                     objects += 1
@@ -297,9 +297,8 @@ class InputReader:
                     )
                     yield InvalidRow(self._fallback_id(number, line), line, reason)
                     continue
-                except json.JSONDecodeError as exc:
-                    reason = f"invalid JSON: {exc.msg} (column {exc.colno})"
-                    yield InvalidRow(self._fallback_id(number, line), line, reason)
+                except (ValueError, RecursionError) as exc:
+                    yield InvalidRow(self._fallback_id(number, line), line, _json_problem(exc))
                     continue
                 if not isinstance(value, dict):
                     reason = f"expected a JSON object, found {_JSON_TYPES[type(value)]}"
@@ -377,6 +376,14 @@ def _csv_reader(f: IO[str]) -> Any:
     # strict: a stray quote (`"x"y`) or an unterminated one is a malformed record,
     # not silently rewritten; the reader resumes on the next line.
     return csv.reader(f, strict=True)
+
+
+def _json_problem(exc: ValueError | RecursionError) -> str:
+    if isinstance(exc, json.JSONDecodeError):
+        return f"invalid JSON: {exc.msg} (column {exc.colno})"
+    if isinstance(exc, RecursionError):
+        return "invalid JSON: nested too deeply"
+    return f"invalid JSON: {exc}"  # e.g. an integer beyond int's digit limit
 
 
 def _is_utf8(value: str) -> bool:
