@@ -1,0 +1,64 @@
+"""How the mock API behaves: latency, faults, rate limits, limits of the wire."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+# Every fault the mock can inject; see faults.py for what each one does on the wire.
+FAULT_KINDS: tuple[str, ...] = (
+    "429",
+    "529",
+    "500",
+    "503",
+    "408",
+    "400",
+    "401",
+    "403",
+    "404",
+    "413",
+    "spend_cap",
+    "reset",
+    "error_event",
+    "drop",
+    "no_stop",
+    "stall",
+    "unknown_event",
+    "should_retry_false",
+    "should_retry_true",
+)
+
+
+@dataclass(frozen=True)
+class MockConfig:
+    """Settings of one mock server; the defaults behave like a healthy, unlimited API."""
+
+    latency_ms: float = 0.0
+    chunk_delay_ms: float = 0.0
+    api_key: str | None = None
+    seed: int = 0
+    # Probability per attempt of each fault kind, e.g. {"500": 0.05}; they must sum to <= 1.
+    faults: Mapping[str, float] = field(default_factory=dict)
+    stall_s: float = 3600.0
+    rpm: int | None = None
+    itpm: int | None = None
+    otpm: int | None = None
+    ratelimit_headers: bool = True
+    # The real API's request size limit for the Messages endpoint is 32 MB.
+    max_request_bytes: int = 32 * 1024 * 1024
+    context_window: int = 200_000
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.faults) - set(FAULT_KINDS))
+        if unknown:
+            raise ValueError(f"unknown fault kind(s): {', '.join(unknown)}")
+        if any(not 0.0 <= p <= 1.0 for p in self.faults.values()):
+            raise ValueError("fault probabilities must be between 0 and 1")
+        if sum(self.faults.values()) > 1.0 + 1e-9:
+            raise ValueError("fault probabilities must sum to at most 1")
+        for name in ("rpm", "itpm", "otpm"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(f"{name} must be a positive integer")
+        if self.latency_ms < 0 or self.chunk_delay_ms < 0 or self.stall_s < 0:
+            raise ValueError("delays must not be negative")

@@ -1,0 +1,116 @@
+"""What the mock really served, so tests can hold a client's report against it.
+
+The server runs in its own thread; every access goes through one lock and readers
+get copies, never the live entries.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+_TOKEN_FIELDS = (
+    "input_tokens",
+    "output_tokens",
+    "cache_creation_input_tokens",
+    "cache_read_input_tokens",
+)
+
+
+@dataclass(slots=True)
+class ServedAttempt:
+    """One `POST /v1/messages` attempt as the server saw and answered it."""
+
+    key: str
+    prompt: str
+    number: int  # 1 for the first time the server saw this request
+    request_id: str
+    started_at: float
+    ended_at: float | None = None
+    status: int | None = None  # HTTP status sent; None when the connection was reset
+    fault: str | None = None  # the injected fault kind, if any
+    error_type: str | None = None  # the Anthropic error type of an error answer
+    stream: bool = False
+    text: str = ""  # text actually sent in deltas (or in the JSON body)
+    usage: dict[str, Any] = field(default_factory=dict)  # usage as reported to the client
+    output_tokens_generated: int = 0  # tokens actually sent (what the output bucket paid)
+    stop_reason: str | None = None
+    completed: bool = False  # the whole answer was sent (message_stop for a stream)
+
+    @property
+    def outcome(self) -> str:
+        """A short label: "ok", "fault:KIND", "error:TYPE" or "incomplete"."""
+        if self.fault and self.fault != "unknown_event":
+            return f"fault:{self.fault}"
+        if self.error_type:
+            return f"error:{self.error_type}"
+        return "ok" if self.completed else "incomplete"
+
+
+class MockRecord:
+    """Every attempt served, by request key and by prompt, plus running totals."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._attempts: list[ServedAttempt] = []
+        self._by_key: dict[str, list[ServedAttempt]] = {}
+        self._by_prompt: dict[str, list[ServedAttempt]] = {}
+
+    def add(self, attempt: ServedAttempt) -> None:
+        """Start recording an attempt; the server keeps filling it in until it ends."""
+        with self._lock:
+            self._attempts.append(attempt)
+            self._by_key.setdefault(attempt.key, []).append(attempt)
+            self._by_prompt.setdefault(attempt.prompt, []).append(attempt)
+
+    def update(self, attempt: ServedAttempt, **changes: Any) -> None:
+        """Change fields of a recorded attempt under the lock."""
+        with self._lock:
+            for name, value in changes.items():
+                setattr(attempt, name, value)
+
+    def clear(self) -> None:
+        """Forget everything (the server's `POST /_mock/reset`)."""
+        with self._lock:
+            self._attempts.clear()
+            self._by_key.clear()
+            self._by_prompt.clear()
+
+    def attempts(self) -> list[ServedAttempt]:
+        """Every attempt, in arrival order."""
+        with self._lock:
+            return [replace(a) for a in self._attempts]
+
+    def attempts_for_key(self, key: str) -> list[ServedAttempt]:
+        """The attempts of one request key, in arrival order."""
+        with self._lock:
+            return [replace(a) for a in self._by_key.get(key, ())]
+
+    def attempts_for_prompt(self, prompt: str) -> list[ServedAttempt]:
+        """The attempts whose last user message was exactly `prompt`, in arrival order."""
+        with self._lock:
+            return [replace(a) for a in self._by_prompt.get(prompt, ())]
+
+    def final_for_prompt(self, prompt: str) -> ServedAttempt | None:
+        """The last attempt for `prompt`, or None if it was never seen."""
+        attempts = self.attempts_for_prompt(prompt)
+        return attempts[-1] if attempts else None
+
+    def totals(self) -> dict[str, Any]:
+        """Requests by status (or "reset") and the tokens reported, as `GET /_mock/stats`."""
+        with self._lock:
+            statuses = Counter(
+                str(a.status) if a.status is not None else "reset" for a in self._attempts
+            )
+            tokens = dict.fromkeys(_TOKEN_FIELDS, 0)
+            for attempt in self._attempts:
+                for name in _TOKEN_FIELDS:
+                    tokens[name] += int(attempt.usage.get(name, 0))
+            return {
+                "requests": len(self._attempts),
+                "by_status": dict(sorted(statuses.items())),
+                "by_outcome": dict(sorted(Counter(a.outcome for a in self._attempts).items())),
+                "tokens": tokens,
+            }

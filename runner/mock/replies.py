@@ -1,0 +1,122 @@
+"""Deterministic replies: the same prompt always gets the same text, cut at max_tokens.
+
+The word list mixes multi-byte UTF-8 (é, ü, 日本語, emoji), double quotes, backslashes
+and newlines, so a client must reassemble characters split across reads and decode
+JSON escapes to get the text right.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from runner.mock.wire import ParsedRequest
+
+MIN_REPLY_TOKENS = 5
+MAX_REPLY_TOKENS = 120
+# A text delta carries between one and this many tokens, as the real API's do.
+MAX_TOKENS_PER_DELTA = 4
+
+# Each entry is one output token.
+WORDS: tuple[str, ...] = (
+    " the",
+    " a",
+    " mock",
+    " reply",
+    " streams",
+    " tokens",
+    " slowly",
+    " and",
+    " of",
+    " to",
+    " café",
+    " über",
+    " naïve",
+    " Straße",
+    " 日本語",
+    " テキスト",
+    " 🙂",
+    " 🚀",
+    " —",
+    ' "quoted"',
+    ' say "hi"',
+    " back\\slash",
+    " C:\\path",
+    " {json}",
+    " </s>",
+    ",",
+    ".",
+    "!",
+    "\n",
+    "\n\n",
+    "\t",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """What the model "says": the deltas as streamed, their total, and why it stopped."""
+
+    deltas: tuple[str, ...]
+    delta_tokens: tuple[int, ...]  # tokens generated for each delta
+    output_tokens: int
+    stop_reason: str
+    stop_sequence: str | None = None
+
+    @property
+    def text(self) -> str:
+        """The whole reply text."""
+        return "".join(self.deltas)
+
+
+def generate_reply(request: ParsedRequest) -> Reply:
+    """The reply to `request`: length, words and delta sizes all drawn from its seed."""
+    rng = random.Random(request.reply_seed)
+    length = rng.randint(MIN_REPLY_TOKENS, MAX_REPLY_TOKENS)
+    tokens = rng.choices(WORDS, k=length)
+    tokens[0] = tokens[0].lstrip(" ") or tokens[0]
+    stop_reason = "end_turn"
+    if length > request.max_tokens:
+        tokens = tokens[: request.max_tokens]
+        stop_reason = "max_tokens"
+    stop_sequence = None
+    if request.stop_sequences:
+        tokens, stop_sequence = _cut_at_stop_sequence(tokens, request.stop_sequences)
+        if stop_sequence is not None:
+            stop_reason = "stop_sequence"
+    output_tokens = len(tokens)
+    if stop_sequence is not None:
+        # The last token holds the end of the stop sequence: generated and paid for, not shown.
+        keep = "".join(tokens).index(stop_sequence)
+        shown: list[str] = []
+        for token in tokens:
+            shown.append(token[:keep])
+            keep -= len(shown[-1])
+        tokens = shown
+    deltas: list[str] = []
+    counts: list[int] = []
+    i = 0
+    while i < len(tokens):
+        size = rng.randint(1, MAX_TOKENS_PER_DELTA)
+        text = "".join(tokens[i : i + size])
+        if text or not deltas:
+            deltas.append(text)
+            counts.append(0)
+        counts[-1] += len(tokens[i : i + size])
+        i += size
+    if deltas and not deltas[0]:
+        deltas, counts = [], []  # a stop sequence at the very start: nothing to show
+    return Reply(tuple(deltas), tuple(counts), output_tokens, stop_reason, stop_sequence)
+
+
+def _cut_at_stop_sequence(
+    tokens: list[str], stops: tuple[str, ...]
+) -> tuple[list[str], str | None]:
+    """Tokens up to the one that completes the first stop sequence, and that sequence."""
+    text = ""
+    for n, token in enumerate(tokens, start=1):
+        text += token
+        hits = [(text.find(s), s) for s in stops if s in text]
+        if hits:
+            return tokens[:n], min(hits)[1]
+    return tokens, None

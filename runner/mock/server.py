@@ -1,0 +1,247 @@
+"""The mock Messages API as an aiohttp application.
+
+Routes: `POST /v1/messages`, `POST /v1/messages/count_tokens`, and for tests in
+another process `GET /_mock/stats` and `POST /_mock/reset`. Every answer carries a
+`request-id` header, and the rate-limit headers when limits are set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from runner.mock.cache import PromptCache
+from runner.mock.config import MockConfig
+from runner.mock.encode import dumps, error_body
+from runner.mock.faults import HTTP_FAULTS, RESET, Fault, parse_markers, pick_fault
+from runner.mock.ratelimit import RateLimiter
+from runner.mock.record import MockRecord, ServedAttempt
+from runner.mock.replies import generate_reply
+from runner.mock.respond import Answer, abort, send_message, send_stream
+from runner.mock.wire import (
+    ParsedRequest,
+    WireError,
+    parse_count_tokens_request,
+    parse_messages_request,
+)
+
+
+@dataclass
+class MockState:
+    """Everything one server remembers between requests."""
+
+    config: MockConfig
+    record: MockRecord
+    cache: PromptCache = field(default_factory=PromptCache)
+    seen: dict[str, int] = field(default_factory=dict)  # attempts so far, by request key
+    limiter: RateLimiter = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.limiter = RateLimiter(self.config)
+
+    def reset(self) -> None:
+        """Forget the cache, the attempt counts, the buckets' levels and the record."""
+        self.cache.clear()
+        self.seen.clear()
+        self.limiter.reset()
+        self.record.clear()
+
+
+STATE = web.AppKey("mock_state", MockState)
+
+
+def create_app(
+    config: MockConfig | None = None, record: MockRecord | None = None
+) -> web.Application:
+    """The mock API application; `record` collects what it serves."""
+    config = config or MockConfig()
+    # aiohttp refuses larger bodies itself; _read_body turns that into the API's 413.
+    app = web.Application(client_max_size=config.max_request_bytes)
+    app[STATE] = MockState(config, record if record is not None else MockRecord())
+    app.router.add_post("/v1/messages", _messages)
+    app.router.add_post("/v1/messages/count_tokens", _count_tokens)
+    app.router.add_get("/_mock/stats", _stats)
+    app.router.add_post("/_mock/reset", _reset)
+    return app
+
+
+async def _messages(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE]
+    config = state.config
+    request_id = _new_request_id()
+    try:
+        parsed = await _parse(request, state, parse_messages_request)
+        parse_markers(parsed.prompt)  # a malformed marker is the caller's mistake: 400
+        if parsed.input_tokens > config.context_window:
+            raise WireError(
+                f"prompt is too long: {parsed.input_tokens} tokens > "
+                f"{config.context_window} maximum"
+            )
+    except WireError as exc:
+        return _error(state, request_id, exc.status, exc.error_type, exc.message)
+    number = state.seen.get(parsed.key, 0) + 1
+    state.seen[parsed.key] = number
+    attempt = ServedAttempt(
+        key=parsed.key,
+        prompt=parsed.prompt,
+        number=number,
+        request_id=request_id,
+        started_at=time.time(),
+        stream=parsed.stream,
+    )
+    state.record.add(attempt)
+    answer: Answer | None = None
+    try:
+        if config.latency_ms:
+            await asyncio.sleep(config.latency_ms / 1000)
+        fault = pick_fault(parsed, number, config)
+        if fault is not None and fault.kind == RESET:
+            state.record.update(attempt, fault=RESET)
+            abort(request)
+            return web.Response()  # never sent: the connection is gone
+        if fault is not None and fault.kind in HTTP_FAULTS:
+            return _fault_response(state, request_id, fault, attempt)
+        answer = _admit(state, parsed, request_id)
+        if isinstance(answer, web.Response):
+            state.record.update(attempt, status=429, error_type="rate_limit_error")
+            return answer
+        answer.fault = fault.kind if fault is not None else None
+        answer.on_settled = lambda a: _settled(state, attempt, a)
+        headers = _headers(state, request_id)
+        send = send_stream if parsed.stream else send_message
+        return await send(request, headers, config, answer)
+    finally:
+        if isinstance(answer, Answer):
+            state.limiter.charge_output(answer.output_tokens)
+            _settled(state, attempt, answer)
+        state.record.update(attempt, ended_at=time.time())
+
+
+def _admit(state: MockState, parsed: ParsedRequest, request_id: str) -> Answer | web.Response:
+    """Pass the rate limits and take the prompt cache; a 429 answer if over a limit."""
+    usage = state.cache.peek(parsed)
+    refusal = state.limiter.admit(usage.input_tokens + usage.cache_creation_input_tokens)
+    if refusal is not None:
+        return _error(
+            state,
+            request_id,
+            429,
+            "rate_limit_error",
+            refusal.message,
+            {"retry-after": str(refusal.retry_after)},
+        )
+    reply = generate_reply(parsed)
+    usage = state.cache.use(parsed)
+    return Answer(request_id, parsed.model, reply, usage.as_usage(reply.output_tokens))
+
+
+def _settled(state: MockState, attempt: ServedAttempt, answer: Answer) -> None:
+    reported = answer.usage
+    if not answer.completed and attempt.stream:
+        # A broken stream only ever reported message_start's provisional usage.
+        reported = dict(answer.usage, output_tokens=1)
+    state.record.update(
+        attempt,
+        status=answer.status,
+        fault=answer.fault,
+        error_type="overloaded_error" if answer.fault == "error_event" else None,
+        text=answer.text,
+        usage=reported,
+        output_tokens_generated=answer.output_tokens,
+        stop_reason=answer.reply.stop_reason if answer.completed else None,
+        completed=answer.completed,
+    )
+
+
+def _fault_response(
+    state: MockState, request_id: str, fault: Fault, attempt: ServedAttempt
+) -> web.Response:
+    status, error_type, message = HTTP_FAULTS[fault.kind]
+    state.record.update(attempt, status=status, fault=fault.kind, error_type=error_type)
+    return _error(state, request_id, status, error_type, message, fault.headers(), fault.details())
+
+
+async def _count_tokens(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE]
+    request_id = _new_request_id()
+    try:
+        parsed = await _parse(request, state, parse_count_tokens_request)
+    except WireError as exc:
+        return _error(state, request_id, exc.status, exc.error_type, exc.message)
+    # The total a message with this prompt reports across input, cache creation and reads.
+    body = dumps({"input_tokens": parsed.input_tokens})
+    return web.Response(
+        body=body, headers={"request-id": request_id}, content_type="application/json"
+    )
+
+
+async def _parse(
+    request: web.Request, state: MockState, parse: Callable[[bytes], ParsedRequest]
+) -> ParsedRequest:
+    """Check the key and version headers, read the body within its limit, and parse it."""
+    config = state.config
+    key = request.headers.get("x-api-key", "")
+    if not key:
+        auth = request.headers.get("authorization", "")
+        key = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
+    if not key:
+        raise WireError("x-api-key header is required", 401, "authentication_error")
+    if config.api_key is not None and key != config.api_key:
+        raise WireError("invalid x-api-key", 401, "authentication_error")
+    if not request.headers.get("anthropic-version"):
+        raise WireError("anthropic-version: header is required")
+    try:
+        body = await request.read()
+    except web.HTTPRequestEntityTooLarge as exc:
+        raise WireError(
+            f"Request exceeds the maximum allowed number of bytes ({config.max_request_bytes}).",
+            413,
+            "request_too_large",
+        ) from exc
+    return parse(body)
+
+
+async def _stats(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    return web.Response(body=dumps(state.record.totals()), content_type="application/json")
+
+
+async def _reset(request: web.Request) -> web.Response:
+    request.app[STATE].reset()
+    return web.Response(body=dumps({"ok": True}), content_type="application/json")
+
+
+def _headers(state: MockState, request_id: str) -> dict[str, str]:
+    headers = {"request-id": request_id}
+    if state.config.ratelimit_headers and state.limiter.enabled:
+        headers.update(state.limiter.headers())
+    return headers
+
+
+def _error(
+    state: MockState,
+    request_id: str,
+    status: int,
+    error_type: str,
+    message: str,
+    extra_headers: dict[str, str] | None = None,
+    details: dict[str, str] | None = None,
+) -> web.Response:
+    headers = _headers(state, request_id)
+    if extra_headers:
+        headers.update(extra_headers)
+    return web.Response(
+        status=status,
+        body=error_body(error_type, message, request_id, details),
+        headers=headers,
+        content_type="application/json",
+    )
+
+
+def _new_request_id() -> str:
+    return "req_mock_" + os.urandom(12).hex()
