@@ -1,0 +1,286 @@
+"""The command line: parse options, call the library, turn a RunnerError into a line and a code."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from runner import __version__
+from runner.errors import RunnerError, UsageError
+from runner.job import resolve_job
+from runner.run import RunOptions, RunOutcome, execute
+
+log = logging.getLogger("runner")
+
+DEMO_API_KEY = "demo-key-not-secret"
+
+
+class _Redact(logging.Filter):
+    """Replace the API key wherever it might appear in a log line."""
+
+    def __init__(self, secrets: list[str]) -> None:
+        super().__init__()
+        self.secrets = [s for s in secrets if s]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        for secret in self.secrets:
+            message = message.replace(secret, "***")
+        record.msg, record.args = message, None
+        return True
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return json.dumps(
+            {
+                "ts": round(record.created, 3),
+                "level": record.levelname.lower(),
+                "message": record.getMessage(),
+            },
+            ensure_ascii=False,
+        )
+
+
+def setup_logging(quiet: bool = False, log_format: str = "text") -> None:
+    """Log lines on stderr: `runner: ...` for people, JSON lines for log collectors."""
+    handler = logging.StreamHandler(sys.stderr)
+    if log_format == "json":
+        handler.setFormatter(_JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("runner: %(message)s"))
+    handler.addFilter(_Redact([os.environ.get("ANTHROPIC_API_KEY", "")]))
+    log.handlers[:] = [handler]
+    log.setLevel(logging.WARNING if quiet else logging.INFO)
+    log.propagate = False
+
+
+def _redact(text: str) -> str:
+    key = os.environ.get("ANTHROPIC_API_KEY")
+    return text.replace(key, "***") if key else text
+
+
+def _fail(exc: RunnerError) -> None:
+    click.echo(f"runner: error: {_redact(str(exc))}", err=True)
+    sys.exit(exc.exit_code)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="runner")
+def main() -> None:
+    """Run prompts through the Anthropic Messages API in bulk, and account for every token."""
+
+
+def _run_options(func: Any) -> Any:
+    """The options of `runner run`, shared with `runner estimate`."""
+    options = [
+        click.argument("job_file", required=False, type=click.Path(path_type=Path)),
+        click.option(
+            "--input",
+            "input_path",
+            type=click.Path(path_type=Path),
+            help="Input file (.csv or .jsonl). Default: the job's `input`.",
+        ),
+        click.option(
+            "--input-format",
+            type=click.Choice(["csv", "jsonl"]),
+            help="Input format when the extension does not say. Default: from the extension.",
+        ),
+        click.option("--id-column", help="Column holding each row's id. Default: the row number."),
+        click.option(
+            "--base-url",
+            help="API base URL. Default: the job's, else $ANTHROPIC_BASE_URL, "
+            "else https://api.anthropic.com.",
+        ),
+        click.option("--model", help="Model id. Default: the job's [request] model."),
+        click.option("--max-tokens", type=int, help="max_tokens per request. Default: 1024."),
+        click.option("--system", help="System prompt. Default: the job's, else none."),
+        click.option(
+            "--prompt",
+            help="Prompt template, {column} filled from each row. Default: "
+            "the `prompt` column as it is.",
+        ),
+        click.option("--concurrency", type=int, help="Requests in flight at most. Default: 16."),
+        click.option("--rpm", type=int, help="Requests per minute allowed. Default: not limited."),
+        click.option(
+            "--itpm", type=int, help="Input tokens per minute allowed. Default: not limited."
+        ),
+        click.option(
+            "--otpm", type=int, help="Output tokens per minute allowed. Default: not limited."
+        ),
+        click.option("--max-attempts", type=int, help="HTTP attempts per row at most. Default: 8."),
+        click.option(
+            "--idle-timeout",
+            type=float,
+            help="Seconds without a byte of the stream before it counts as stalled. Default: 60.",
+        ),
+        click.option(
+            "--prices",
+            type=click.Path(path_type=Path),
+            help="Price file that overrides or extends the built-in table.",
+        ),
+        click.option("--limit", type=int, help="Only the first N input rows. Default: all."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _flags(kwargs: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "input": kwargs.get("input_path"),
+        "input_format": kwargs.get("input_format"),
+        "id_column": kwargs.get("id_column"),
+        "base_url": kwargs.get("base_url"),
+        "prices": kwargs.get("prices"),
+        "request.model": kwargs.get("model"),
+        "request.max_tokens": kwargs.get("max_tokens"),
+        "request.system": kwargs.get("system"),
+        "request.prompt": kwargs.get("prompt"),
+        "limits.concurrency": kwargs.get("concurrency"),
+        "limits.requests_per_minute": kwargs.get("rpm"),
+        "limits.input_tokens_per_minute": kwargs.get("itpm"),
+        "limits.output_tokens_per_minute": kwargs.get("otpm"),
+        "retry.max_attempts": kwargs.get("max_attempts"),
+        "retry.idle_timeout": kwargs.get("idle_timeout"),
+        "retry.grace_period": kwargs.get("grace_period"),
+    }
+
+
+@main.command()
+@_run_options
+@click.option(
+    "--output-dir",
+    type=click.Path(path_type=Path),
+    default=Path("reports"),
+    show_default=True,
+    help="Where runs are written: DIR/<job>/<run-id>/.",
+)
+@click.option("--run-id", help="Run id; an existing one resumes. Default: a new timestamp id.")
+@click.option("--resume", is_flag=True, help="Resume the job's latest run.")
+@click.option(
+    "--grace-period",
+    type=float,
+    help="Seconds in-flight requests get after Ctrl-C/SIGTERM. Default: 10.",
+)
+@click.option("--quiet", is_flag=True, help="Only warnings, errors and the final summary.")
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="Log lines for people or for log collectors.",
+)
+def run(**kwargs: Any) -> None:
+    """Run a job: stream every row's completion and write the Parquet report.
+
+    Exit codes: 0 every row ok, 1 some rows error/invalid, 2 bad usage, job or
+    input file, 3 stopped by a fatal API answer (401/403/spend cap), 130 interrupted
+    (resumable with the command it prints).
+    """
+    setup_logging(kwargs["quiet"], kwargs["log_format"])
+    if kwargs["run_id"] and kwargs["resume"]:
+        _fail(UsageError("give --run-id or --resume, not both"))
+    try:
+        job = resolve_job(kwargs["job_file"], _flags(kwargs))
+        outcome = execute(
+            job,
+            RunOptions(
+                output_dir=kwargs["output_dir"],
+                run_id=kwargs["run_id"],
+                resume=kwargs["resume"],
+                limit=kwargs["limit"],
+                argv=tuple(sys.argv[1:]),
+            ),
+        )
+    except RunnerError as exc:
+        _fail(exc)
+    _finish(outcome)
+
+
+def _finish(outcome: RunOutcome) -> None:
+    print_summary(outcome)
+    sys.exit(outcome.exit_code)
+
+
+def print_summary(outcome: RunOutcome) -> None:
+    """The final lines: rows by status, tokens, cost, wall time, where the report is, what next."""
+    summary = outcome.summary
+    rows, tokens = summary["rows"], summary["tokens"]
+    wall = outcome.stats.elapsed
+    rate = outcome.stats.done / wall if wall > 0 else 0.0
+    lines = [
+        f"rows: {rows['ok']} ok, {rows['error']} error, {rows['invalid']} invalid "
+        f"(of {rows['total']}); {outcome.stats.done} done in this session, "
+        f"{outcome.stats.skipped} skipped as already ok",
+        f"tokens: {tokens['input_tokens']:,} input, {tokens['output_tokens']:,} output, "
+        f"{tokens['cache_creation_input_tokens']:,} cache write, "
+        f"{tokens['cache_read_input_tokens']:,} cache read",
+        f"cost: ${summary['cost_usd']:.4f} (retries: ${summary['retries']['cost_usd']:.4f})",
+        f"wall time: {wall:.1f} s ({rate:.1f} rows/s)",
+        f"report: {outcome.run_dir}",
+    ]
+    if outcome.message:
+        lines.append(outcome.message)
+    if "resume_command" in summary:
+        lines.append(f"resume with: {summary['resume_command']}")
+    click.echo("\n".join(lines))
+
+
+def _demo_job() -> Path:
+    for base in (Path.cwd(), Path(__file__).resolve().parent.parent):
+        candidate = base / "jobs" / "demo.toml"
+        if candidate.is_file():
+            return candidate
+    raise UsageError("jobs/demo.toml not found: run `runner demo` from the project's checkout")
+
+
+@main.command()
+@click.option(
+    "--output-dir",
+    type=click.Path(path_type=Path),
+    default=Path("reports"),
+    show_default=True,
+    help="Where the demo run is written.",
+)
+@click.option(
+    "--latency-ms",
+    type=float,
+    default=20.0,
+    show_default=True,
+    help="The mock API's delay before each answer.",
+)
+def demo(output_dir: Path, latency_ms: float) -> None:
+    """Run jobs/demo.toml end to end on the bundled mock API: offline, no API key needed."""
+    from runner.mock import MockConfig, serve_in_thread
+
+    setup_logging()
+    started = time.monotonic()
+    try:
+        with serve_in_thread(MockConfig(latency_ms=latency_ms)) as mock:
+            log.info("mock API on %s", mock.base_url)
+            job = resolve_job(_demo_job(), {"base_url": mock.base_url})
+            outcome = execute(
+                job,
+                RunOptions(output_dir=output_dir, api_key=DEMO_API_KEY, argv=("demo",)),
+            )
+    except RunnerError as exc:
+        _fail(exc)
+    log.info("demo finished in %.1f s", time.monotonic() - started)
+    _finish(outcome)
+
+
+def _register_mock_server() -> None:
+    from runner.mock.command import mock_server
+
+    main.add_command(mock_server, "mock-server")
+
+
+_register_mock_server()

@@ -1,0 +1,258 @@
+"""One streamed Messages API attempt, and the one place transport errors become RunnerErrors.
+
+Wire rules (https://docs.anthropic.com/en/docs/build-with-claude/streaming):
+`message_start` carries input and cache usage; `message_delta` carries the stop reason
+and the *cumulative* output tokens (so the last one wins, never a sum); `ping` and
+unknown event types are ignored; an `error` event can arrive after the 200.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from httpx_sse import EventSource, SSEError
+
+from runner.errors import (
+    ApiError,
+    AttemptFacts,
+    ConnectError,
+    DroppedError,
+    EofWithoutStop,
+    FatalApiError,
+    HttpRetryableError,
+    MidstreamError,
+    RejectedError,
+    StalledError,
+)
+from runner.models import Outcome, Request, Usage
+
+ANTHROPIC_VERSION = "2023-06-01"
+RETRYABLE_STATUSES = frozenset({408, 409, 429})
+FATAL_STATUSES = frozenset({401, 403})
+SPEND_CAP_CODE = "enforced_spend_limit_reached"
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """A stream that reached `message_stop`."""
+
+    text: str
+    stop_reason: str | None
+    usage: Usage
+    request_id: str | None
+    ttft_ms: float | None
+    latency_ms: float
+
+
+def api_headers(api_key: str) -> dict[str, str]:
+    """Headers every request carries, as the official SDKs send them."""
+    return {
+        "x-api-key": api_key,
+        "anthropic-version": ANTHROPIC_VERSION,
+        "content-type": "application/json",
+        "accept": "text/event-stream",
+    }
+
+
+def new_http_client(concurrency: int, idle_timeout: float) -> httpx.AsyncClient:
+    """One client for the run: a connection pool that fits the concurrency.
+
+    httpx's read timeout applies to each read, so it is exactly an idle timeout
+    between bytes of the stream (pings count as activity), never a total one.
+    """
+    return httpx.AsyncClient(
+        timeout=httpx.Timeout(connect=30.0, read=idle_timeout, write=60.0, pool=None),
+        limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
+    )
+
+
+def parse_retry_after(headers: httpx.Headers) -> float | None:
+    """Seconds the server asks to wait: `retry-after-ms`, else `retry-after` (seconds or a date)."""
+    value = headers.get("retry-after-ms")
+    if value:
+        try:
+            return max(0.0, float(value) / 1000.0)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+class _UsageTracker:
+    """Usage as the stream reports it: message_start first, message_delta fields override."""
+
+    __slots__ = ("fields", "split")
+
+    def __init__(self) -> None:
+        self.fields: dict[str, int] = {}
+        self.split: dict[str, int] = {}
+
+    def start(self, usage: dict[str, Any]) -> None:
+        self.fields.update({k: v for k, v in usage.items() if isinstance(v, int)})
+        split = usage.get("cache_creation")
+        if isinstance(split, dict):
+            self.split = split
+
+    def delta(self, usage: dict[str, Any]) -> None:
+        # message_delta's counts are cumulative: replace, never add.
+        self.fields.update({k: v for k, v in usage.items() if isinstance(v, int)})
+
+    def usage(self) -> Usage:
+        f = self.fields
+        creation = f.get("cache_creation_input_tokens", 0) or 0
+        five = self.split.get("ephemeral_5m_input_tokens", 0) or 0
+        hour = self.split.get("ephemeral_1h_input_tokens", 0) or 0
+        if five + hour == 0:
+            five = creation
+        return Usage(
+            input_tokens=f.get("input_tokens", 0) or 0,
+            output_tokens=f.get("output_tokens", 0) or 0,
+            cache_creation_input_tokens=creation,
+            cache_read_input_tokens=f.get("cache_read_input_tokens", 0) or 0,
+            cache_creation_5m=five,
+            cache_creation_1h=hour,
+        )
+
+
+def _error_body(text: str) -> tuple[str | None, str, dict[str, Any]]:
+    """The (type, message, details) of an Anthropic error JSON, tolerating proxies' HTML."""
+    try:
+        error = json.loads(text).get("error") or {}
+    except (ValueError, AttributeError):
+        return None, text.strip()[:300] or "(empty body)", {}
+    if not isinstance(error, dict):
+        return None, str(error)[:300], {}
+    details = error.get("details") if isinstance(error.get("details"), dict) else {}
+    return error.get("type"), str(error.get("message", "")), details
+
+
+def _http_error(response: httpx.Response, body: str, started: float) -> ApiError:
+    status = response.status_code
+    error_type, message, details = _error_body(body)
+    facts = AttemptFacts(
+        outcome=Outcome.HTTP_ERROR,
+        http_status=status,
+        error_type=error_type or f"http_{status}",
+        request_id=response.headers.get("request-id"),
+        retry_after_s=parse_retry_after(response.headers),
+    )
+    text = f"HTTP {status} {error_type or ''}: {message}".replace(" :", ":")
+    if status in FATAL_STATUSES or (status == 429 and details.get("error_code") == SPEND_CAP_CODE):
+        return FatalApiError(text, facts)
+    should_retry = response.headers.get("x-should-retry")
+    if should_retry in ("true", "false"):
+        retryable = should_retry == "true"
+    else:
+        retryable = status in RETRYABLE_STATUSES or status >= 500
+    return (HttpRetryableError if retryable else RejectedError)(text, facts)
+
+
+async def stream_message(
+    http: httpx.AsyncClient,
+    url: str,
+    headers: dict[str, str],
+    request: Request,
+    on_response: Callable[[httpx.Response], None] | None = None,
+) -> Completion:
+    """Send one request and read its stream to `message_stop`, or raise an ApiError."""
+    started = time.perf_counter()
+    text: list[str] = []
+    tracker = _UsageTracker()
+    request_id: str | None = None
+    ttft_ms: float | None = None
+    stop_reason: str | None = None
+    got_headers = False
+
+    def facts(outcome: Outcome, error_type: str | None = None) -> AttemptFacts:
+        return AttemptFacts(
+            outcome=outcome,
+            http_status=200,
+            error_type=error_type,
+            request_id=request_id,
+            usage=tracker.usage() if tracker.fields else None,
+            output_text="".join(text),
+            ttft_ms=ttft_ms,
+        )
+
+    try:
+        async with http.stream("POST", url, content=request.body, headers=headers) as response:
+            got_headers = True
+            request_id = response.headers.get("request-id")
+            if on_response is not None:
+                on_response(response)
+            if response.status_code != 200:
+                body = (await response.aread()).decode("utf-8", "replace")
+                raise _http_error(response, body, started)
+            async for sse in EventSource(response).aiter_sse():
+                kind = sse.event
+                if kind == "content_block_delta":
+                    delta = json.loads(sse.data).get("delta", {})
+                    if delta.get("type") == "text_delta":
+                        if ttft_ms is None:
+                            ttft_ms = (time.perf_counter() - started) * 1000.0
+                        text.append(delta["text"])
+                elif kind == "message_start":
+                    tracker.start(json.loads(sse.data).get("message", {}).get("usage") or {})
+                elif kind == "message_delta":
+                    data = json.loads(sse.data)
+                    tracker.delta(data.get("usage") or {})
+                    stop_reason = (data.get("delta") or {}).get("stop_reason", stop_reason)
+                elif kind == "message_stop":
+                    return Completion(
+                        text="".join(text),
+                        stop_reason=stop_reason,
+                        usage=tracker.usage(),
+                        request_id=request_id,
+                        ttft_ms=ttft_ms,
+                        latency_ms=(time.perf_counter() - started) * 1000.0,
+                    )
+                elif kind == "error":
+                    error_type, message, _ = _error_body(sse.data)
+                    raise MidstreamError(
+                        f"error event mid-stream: {error_type}: {message}",
+                        facts(Outcome.MIDSTREAM_ERROR, error_type or "error_event"),
+                    )
+                # ping, content_block_start/stop and unknown event types: nothing to do.
+    except ApiError:
+        raise
+    except httpx.TimeoutException as exc:
+        if not got_headers:
+            raise ConnectError(
+                f"timed out before the response headers ({type(exc).__name__})",
+                AttemptFacts(outcome=Outcome.TIMEOUT, error_type="timeout"),
+            ) from None
+        raise StalledError(
+            "stream stalled: no data for the idle timeout", facts(Outcome.STALLED, "stalled")
+        ) from None
+    except (httpx.TransportError, SSEError) as exc:
+        if not got_headers:
+            raise ConnectError(
+                f"connection failed: {type(exc).__name__}: {exc}",
+                AttemptFacts(outcome=Outcome.CONNECT_ERROR, error_type="connect_error"),
+            ) from None
+        raise DroppedError(
+            f"stream broken: {type(exc).__name__}: {exc}", facts(Outcome.DROPPED, "dropped")
+        ) from None
+    except json.JSONDecodeError as exc:
+        raise DroppedError(
+            f"stream sent invalid JSON: {exc}", facts(Outcome.DROPPED, "invalid_event")
+        ) from None
+    raise EofWithoutStop(
+        "stream ended without message_stop", facts(Outcome.EOF_WITHOUT_STOP, "eof_without_stop")
+    )

@@ -1,0 +1,127 @@
+"""The values that flow between the stages: rows, requests, usage, attempts, results."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class Status(StrEnum):
+    """Final state of one input row in the results."""
+
+    OK = "ok"
+    ERROR = "error"
+    INVALID = "invalid"
+
+
+class Outcome(StrEnum):
+    """How one HTTP attempt ended (the attempts table's `outcome`)."""
+
+    OK = "ok"
+    HTTP_ERROR = "http_error"
+    MIDSTREAM_ERROR = "midstream_error"
+    DROPPED = "dropped"
+    EOF_WITHOUT_STOP = "eof_without_stop"
+    STALLED = "stalled"
+    CONNECT_ERROR = "connect_error"
+    TIMEOUT = "timeout"
+
+
+class InputFormat(StrEnum):
+    """Input file formats `runner` reads."""
+
+    CSV = "csv"
+    JSONL = "jsonl"
+
+
+@dataclass(frozen=True, slots=True)
+class InputRow:
+    """One readable input record: its id, its line in the file, and its columns."""
+
+    id: str
+    line: int
+    columns: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class InvalidRow:
+    """An input record that cannot be sent; `reason` says why, `line` says where."""
+
+    id: str
+    line: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """A rendered Messages API request for one row, ready to send."""
+
+    row_id: str
+    line: int
+    model: str
+    body: bytes
+    fingerprint: str
+    estimated_input_tokens: int
+    max_tokens: int
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Token usage as the API reported it (cache creation split by TTL when known)."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_creation_input_tokens: int = 0
+    cache_read_input_tokens: int = 0
+    # The 5-minute / 1-hour split of cache_creation_input_tokens, from
+    # message_start's usage.cache_creation; all 5-minute when the API omits it.
+    cache_creation_5m: int = 0
+    cache_creation_1h: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        """The seed's "total tokens": input plus output."""
+        return self.input_tokens + self.output_tokens
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One HTTP attempt for one row: one row of the attempts table."""
+
+    row_id: str
+    number: int
+    started_at: float
+    outcome: Outcome
+    latency_ms: float
+    fingerprint: str
+    http_status: int | None = None
+    error_type: str | None = None
+    error_message: str | None = None
+    retry_after_s: float | None = None
+    wait_s: float | None = None
+    request_id: str | None = None
+    usage: Usage | None = None
+    cost_usd: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RowResult:
+    """The outcome of one input row: one row of the results table."""
+
+    id: str
+    line: int
+    status: Status
+    model: str | None
+    fingerprint: str = ""
+    output_text: str | None = None
+    stop_reason: str | None = None
+    usage: Usage | None = None
+    cost_usd: float | None = None
+    attempts: int = 0
+    error_type: str | None = None
+    error_message: str | None = None
+    request_id: str | None = None
+    ttft_ms: float | None = None
+    latency_ms: float | None = None
+    attempt_log: tuple[Attempt, ...] = field(default=())

@@ -1,0 +1,257 @@
+"""The worker pool: a bounded queue of requests, N workers, retries, and an orderly stop."""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+import anyio
+import httpx
+from anyio.abc import ObjectReceiveStream
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
+
+from runner.client import Completion, stream_message
+from runner.errors import ApiError, FatalApiError, HttpRetryableError, RetryableError
+from runner.limiter import RateLimiter
+from runner.models import Attempt, Outcome, Request, RowResult, Status
+from runner.pricing import PriceTable
+from runner.stats import RunStats
+
+log = logging.getLogger("runner")
+
+# Backoff without a retry-after: 0.5 s, 1 s, 2 s ... capped at 30 s, plus up to 1 s of jitter.
+_backoff = wait_exponential_jitter(multiplier=0.5, max=30.0, jitter=1.0)
+# Statuses whose retry-after pauses the whole pool, not only the worker that got it.
+_POOL_PAUSE_STATUSES = frozenset({429, 529})
+
+RecordFn = Callable[[RowResult | None, list[Attempt]], None]
+
+
+@dataclass(frozen=True, slots=True)
+class WorkItem:
+    """A request to send, with the attempts earlier runs already made for its row."""
+
+    request: Request
+    prior_attempts: int = 0
+
+
+class StopControl:
+    """Stops dispatching; in-flight rows finish within a grace period, then are cancelled."""
+
+    def __init__(self) -> None:
+        self.stopping = False
+        self.reason: str | None = None
+        self.fatal: FatalApiError | None = None
+        self.workers_scope: anyio.CancelScope | None = None
+        self._deadline_task_started = False
+        self._task_group: anyio.abc.TaskGroup | None = None
+
+    def bind(self, task_group: anyio.abc.TaskGroup) -> anyio.CancelScope:
+        """Start controlling: the timer runs in `task_group`; returns the workers' scope."""
+        self._task_group = task_group
+        self.workers_scope = anyio.CancelScope()
+        return self.workers_scope
+
+    def stop(self, reason: str, grace: float) -> None:
+        """Take no new rows; cancel what is still in flight after `grace` seconds."""
+        self.stopping = True
+        self.reason = self.reason or reason
+        if self.workers_scope is None or self._task_group is None:
+            return
+        if grace <= 0:
+            self.workers_scope.cancel()
+            return
+        if not self._deadline_task_started:
+            self._deadline_task_started = True
+            self._task_group.start_soon(self._cancel_after, grace)
+
+    async def _cancel_after(self, grace: float) -> None:
+        await anyio.sleep(grace)
+        if self.workers_scope is not None:
+            self.workers_scope.cancel()
+
+
+class _Abandoned(Exception):
+    """The run is stopping: this row's next attempt is not made."""
+
+
+class WorkerPool:
+    """Sends each request with retries and hands every finished row to `record`."""
+
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        url: str,
+        headers: dict[str, str],
+        limiter: RateLimiter,
+        prices: PriceTable,
+        record: RecordFn,
+        stats: RunStats,
+        control: StopControl,
+        *,
+        max_attempts: int,
+        max_retry_after: float,
+        fatal_grace: float,
+    ) -> None:
+        self.http = http
+        self.url = url
+        self.headers = headers
+        self.limiter = limiter
+        self.prices = prices
+        self.record = record
+        self.stats = stats
+        self.control = control
+        self.max_attempts = max_attempts
+        self.max_retry_after = max_retry_after
+        self.fatal_grace = fatal_grace
+
+    async def worker(self, queue: ObjectReceiveStream[WorkItem]) -> None:
+        """Take rows from the queue until it closes or the run stops."""
+        async with queue:
+            async for item in queue:
+                if self.control.stopping:
+                    return
+                await self.process(item)
+
+    async def process(self, item: WorkItem) -> None:
+        """Send one row until it succeeds, fails for good, or the run stops."""
+        request = item.request
+        attempts: list[Attempt] = []
+        self.stats.in_flight += 1
+        try:
+            completion = await self._send_with_retries(request, item.prior_attempts, attempts)
+        except _Abandoned:
+            self.record(None, attempts)
+            return
+        except ApiError as exc:
+            result = self._failed(request, item.prior_attempts, attempts, exc)
+            self.record(result, attempts)
+            self.stats.add_result(result)
+            if isinstance(exc, FatalApiError):
+                self.control.fatal = self.control.fatal or exc
+                self.control.stop(f"fatal: {exc.message}", self.fatal_grace)
+            return
+        except anyio.get_cancelled_exc_class():
+            # Cancelled after the grace period: keep what failed attempts cost.
+            with anyio.CancelScope(shield=True):
+                self.record(None, attempts)
+            raise
+        finally:
+            self.stats.in_flight -= 1
+        result = RowResult(
+            id=request.row_id,
+            line=request.line,
+            status=Status.OK,
+            model=request.model,
+            fingerprint=request.fingerprint,
+            output_text=completion.text,
+            stop_reason=completion.stop_reason,
+            usage=completion.usage,
+            cost_usd=self.prices.cost(request.model, completion.usage),
+            attempts=item.prior_attempts + len(attempts),
+            request_id=completion.request_id,
+            ttft_ms=completion.ttft_ms,
+            latency_ms=completion.latency_ms,
+        )
+        self.record(result, attempts)
+        self.stats.add_result(result)
+
+    async def _send_with_retries(
+        self, request: Request, prior: int, attempts: list[Attempt]
+    ) -> Completion:
+        def wait(state: RetryCallState) -> float:
+            exc = state.outcome.exception() if state.outcome else None
+            delay = _backoff(state)
+            retry_after = exc.facts.retry_after_s if isinstance(exc, ApiError) else None
+            if retry_after is not None:
+                # The server knows best; a little jitter keeps the pool from waking as one.
+                delay = min(retry_after, self.max_retry_after) * (1 + 0.1 * random.random())
+            if state.attempt_number < self.max_attempts:
+                attempts[-1] = replace(attempts[-1], wait_s=round(delay, 3))
+            return delay
+
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self.max_attempts),
+            wait=wait,
+            retry=retry_if_exception_type(RetryableError),
+            sleep=anyio.sleep,
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                if self.control.stopping and attempts:
+                    raise _Abandoned
+                return await self._attempt(request, prior + len(attempts) + 1, attempts)
+        raise AssertionError("unreachable: tenacity either returns or reraises")
+
+    async def _attempt(self, request: Request, number: int, attempts: list[Attempt]) -> Completion:
+        ticket = await self.limiter.admit(request)
+        started_at = time.time()
+        started = time.perf_counter()
+        try:
+            completion = await stream_message(
+                self.http, self.url, self.headers, request, self.limiter.observe
+            )
+        except ApiError as exc:
+            facts = exc.facts
+            self.limiter.settle(ticket, facts.usage)
+            if isinstance(exc, HttpRetryableError) and facts.http_status in _POOL_PAUSE_STATUSES:
+                self.limiter.on_overloaded(facts.http_status, facts.retry_after_s)
+            attempt = Attempt(
+                row_id=request.row_id,
+                number=number,
+                started_at=started_at,
+                outcome=facts.outcome,
+                latency_ms=(time.perf_counter() - started) * 1000.0,
+                fingerprint=request.fingerprint,
+                http_status=facts.http_status,
+                error_type=facts.error_type,
+                error_message=exc.message,
+                retry_after_s=facts.retry_after_s,
+                request_id=facts.request_id,
+                usage=facts.usage,
+                cost_usd=self.prices.cost(request.model, facts.usage) if facts.usage else None,
+            )
+            attempts.append(attempt)
+            self.stats.add_attempt(attempt)
+            raise
+        self.limiter.settle(ticket, completion.usage)
+        attempt = Attempt(
+            row_id=request.row_id,
+            number=number,
+            started_at=started_at,
+            outcome=Outcome.OK,
+            latency_ms=completion.latency_ms,
+            fingerprint=request.fingerprint,
+            http_status=200,
+            request_id=completion.request_id,
+            usage=completion.usage,
+            cost_usd=self.prices.cost(request.model, completion.usage),
+        )
+        attempts.append(attempt)
+        self.stats.add_attempt(attempt)
+        return completion
+
+    def _failed(
+        self, request: Request, prior: int, attempts: list[Attempt], exc: ApiError
+    ) -> RowResult:
+        return RowResult(
+            id=request.row_id,
+            line=request.line,
+            status=Status.ERROR,
+            model=request.model,
+            fingerprint=request.fingerprint,
+            attempts=prior + len(attempts),
+            error_type=exc.facts.error_type,
+            error_message=exc.message,
+            request_id=exc.facts.request_id,
+        )

@@ -1,0 +1,105 @@
+"""Turn an input row into a Messages API request body, or say why it cannot be sent."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import string
+from typing import Any
+
+from runner.errors import JobFileError
+from runner.job import RequestSpec
+from runner.models import InputRow, InvalidRow, Request
+
+# Anthropic's tokenizer gives roughly 3.5 characters a token for English text;
+# the limiter corrects this estimate with the real usage once a stream reports it.
+CHARS_PER_TOKEN = 3.5
+
+
+class Renderer:
+    """Fills the prompt template from a row's columns and encodes the request body once."""
+
+    def __init__(self, spec: RequestSpec) -> None:
+        template = spec.prompt if spec.prompt is not None else "{" + spec.prompt_column + "}"
+        self.spec = spec
+        self._pieces = _parse_template(template)
+        self.columns = sorted({name for _, name in self._pieces if name is not None})
+        self._static: dict[str, Any] = {"model": spec.model, "max_tokens": spec.max_tokens}
+        if spec.system:
+            if spec.cache_system:
+                self._static["system"] = [
+                    {"type": "text", "text": spec.system, "cache_control": {"type": "ephemeral"}}
+                ]
+            else:
+                self._static["system"] = spec.system
+        for name in ("temperature", "top_p", "top_k", "stop_sequences"):
+            value = getattr(spec, name)
+            if value is not None:
+                self._static[name] = value
+        self._system_chars = len(spec.system or "")
+
+    def render(self, row: InputRow) -> Request | InvalidRow:
+        """The request for `row`, or an InvalidRow naming the column that is missing or wrong."""
+        parts: list[str] = []
+        for literal, name in self._pieces:
+            parts.append(literal)
+            if name is None:
+                continue
+            if name not in row.columns:
+                return InvalidRow(row.id, row.line, f"missing column '{name}'")
+            value = row.columns[name]
+            if not isinstance(value, str):
+                found = _json_type(value)
+                return InvalidRow(row.id, row.line, f"'{name}' must be a string, found {found}")
+            parts.append(value)
+        prompt = "".join(parts)
+        if not prompt.strip():
+            return InvalidRow(row.id, row.line, "empty prompt")
+        payload = dict(self._static)
+        payload["messages"] = [{"role": "user", "content": prompt}]
+        canonical = json.dumps(payload, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+        fingerprint = hashlib.blake2b(canonical.encode(), digest_size=12).hexdigest()
+        payload["stream"] = True
+        return Request(
+            row_id=row.id,
+            line=row.line,
+            model=str(self.spec.model),
+            body=json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode(),
+            fingerprint=fingerprint,
+            estimated_input_tokens=int((len(prompt) + self._system_chars) / CHARS_PER_TOKEN) + 8,
+            max_tokens=self.spec.max_tokens,
+        )
+
+
+def _parse_template(template: str) -> list[tuple[str, str | None]]:
+    """Split a `{column}` template into (literal, column) pieces; `{{` and `}}` are braces."""
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise JobFileError(
+            f"prompt template: {exc} (write {{{{ and }}}} for literal braces)"
+        ) from None
+    pieces: list[tuple[str, str | None]] = []
+    for literal, name, spec, conversion in parsed:
+        if name is not None and (spec or conversion or name == ""):
+            raise JobFileError(
+                "prompt template: placeholders are plain column names like {text}, "
+                f"not '{{{name}{'!' + conversion if conversion else ''}"
+                f"{':' + spec if spec else ''}}}'"
+            )
+        pieces.append((literal, name))
+    return pieces
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__

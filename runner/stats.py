@@ -1,0 +1,60 @@
+"""Running totals of a run, read by the progress display and written to summary.json."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+from runner.models import Attempt, RowResult, Status
+
+
+@dataclass(slots=True)
+class RunStats:
+    """What this run has done so far (rows skipped on resume are counted apart)."""
+
+    total_rows: int | None = None
+    skipped: int = 0
+    statuses: Counter[str] = field(default_factory=Counter)
+    error_types: Counter[str] = field(default_factory=Counter)
+    requests: int = 0
+    failed_attempts: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_creation_input_tokens: int = 0
+    cache_read_input_tokens: int = 0
+    cost_usd: float = 0.0
+    retry_cost_usd: float = 0.0
+    in_flight: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+    def add_result(self, result: RowResult) -> None:
+        """Count a finished row."""
+        self.statuses[result.status.value] += 1
+        if result.status is not Status.OK and result.error_type:
+            self.error_types[result.error_type] += 1
+        if result.usage is not None and result.status is Status.OK:
+            self.input_tokens += result.usage.input_tokens
+            self.output_tokens += result.usage.output_tokens
+            self.cache_creation_input_tokens += result.usage.cache_creation_input_tokens
+            self.cache_read_input_tokens += result.usage.cache_read_input_tokens
+        if result.cost_usd is not None:
+            self.cost_usd += result.cost_usd
+
+    def add_attempt(self, attempt: Attempt) -> None:
+        """Count an HTTP attempt; a failed one's cost is what retries cost."""
+        self.requests += 1
+        if attempt.outcome.value != "ok":
+            self.failed_attempts += 1
+            if attempt.cost_usd is not None:
+                self.retry_cost_usd += attempt.cost_usd
+
+    @property
+    def done(self) -> int:
+        """Rows finished in this run."""
+        return sum(self.statuses.values())
+
+    @property
+    def elapsed(self) -> float:
+        """Seconds since the run started."""
+        return time.monotonic() - self.started

@@ -1,0 +1,425 @@
+"""A run directory on disk: journal, atomic Parquet parts, resume state and compaction.
+
+    RUN_DIR/
+      run.json, summary.json     written whole to a temporary name, then renamed
+      results/part-N.parquet     the report contract's columns, exactly
+      state/part-N.parquet       (line, fingerprint) for the same rows, in the same order
+      attempts/part-N.parquet    one row per HTTP attempt
+      journal/segment-N.jsonl    rows finished since part N-1, one JSON line each
+      .lock                      flock'd by the live run; the kernel drops it if the run dies
+
+Why a journal: a finished row is appended to the journal at once (one write, no
+fsync; a `kill -9` cannot lose what the kernel already has), so a crash loses only
+the requests in flight. Every `PART_ROWS` rows or `PART_SECONDS` the segment becomes
+Parquet part N (temporary name, fsync, rename) and is deleted; a segment left by a
+crash is turned into its part at the next start. Part N is written for segment N
+only, so doing it twice is harmless. Readers keep, per row, the highest part's
+version: compaction writes everything into one new part and then deletes the old
+ones, so a crash between the two steps changes nothing a reader sees.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import re
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from runner.errors import RunDirError
+from runner.models import Attempt, RowResult, Status
+
+log = logging.getLogger("runner")
+
+PART_ROWS = 1000
+PART_SECONDS = 2.0
+
+RESULT_SCHEMA: dict[str, Any] = {
+    "id": pl.String,
+    "status": pl.String,
+    "model": pl.String,
+    "output_text": pl.String,
+    "stop_reason": pl.String,
+    "input_tokens": pl.Int64,
+    "output_tokens": pl.Int64,
+    "cache_creation_input_tokens": pl.Int64,
+    "cache_read_input_tokens": pl.Int64,
+    "cost_usd": pl.Float64,
+    "attempts": pl.Int64,
+    "error_type": pl.String,
+    "error_message": pl.String,
+    "request_id": pl.String,
+    "ttft_ms": pl.Float64,
+    "latency_ms": pl.Float64,
+}
+STATE_SCHEMA: dict[str, Any] = {"line": pl.Int64, "fingerprint": pl.String}
+ATTEMPT_SCHEMA: dict[str, Any] = {
+    "id": pl.String,
+    "attempt": pl.Int64,
+    "started_at": pl.Datetime("us", "UTC"),
+    "outcome": pl.String,
+    "http_status": pl.Int64,
+    "error_type": pl.String,
+    "error_message": pl.String,
+    "retry_after_s": pl.Float64,
+    "wait_s": pl.Float64,
+    "request_id": pl.String,
+    "latency_ms": pl.Float64,
+    "input_tokens": pl.Int64,
+    "output_tokens": pl.Int64,
+    "cache_creation_input_tokens": pl.Int64,
+    "cache_read_input_tokens": pl.Int64,
+    "cost_usd": pl.Float64,
+    "fingerprint": pl.String,
+}
+_USAGE_FIELDS = (
+    "input_tokens",
+    "output_tokens",
+    "cache_creation_input_tokens",
+    "cache_read_input_tokens",
+)
+_PART = re.compile(r"^part-(\d{6,})\.parquet$")
+_SEGMENT = re.compile(r"^segment-(\d{6,})\.jsonl$")
+
+
+def _result_record(result: RowResult) -> dict[str, Any]:
+    usage = result.usage
+    record: dict[str, Any] = {
+        "id": result.id,
+        "status": str(result.status),
+        "model": result.model,
+        "output_text": result.output_text,
+        "stop_reason": result.stop_reason,
+        "cost_usd": result.cost_usd,
+        "attempts": result.attempts,
+        "error_type": result.error_type,
+        "error_message": result.error_message,
+        "request_id": result.request_id,
+        "ttft_ms": result.ttft_ms,
+        "latency_ms": result.latency_ms,
+        "line": result.line,
+        "fingerprint": result.fingerprint,
+    }
+    for name in _USAGE_FIELDS:
+        record[name] = getattr(usage, name) if usage is not None else None
+    return record
+
+
+def _attempt_record(attempt: Attempt) -> dict[str, Any]:
+    record = asdict(attempt)
+    usage = record.pop("usage")
+    record["id"] = record.pop("row_id")
+    record["attempt"] = record.pop("number")
+    record["outcome"] = str(attempt.outcome)
+    record["started_at"] = int(attempt.started_at * 1_000_000)
+    for name in _USAGE_FIELDS:
+        record[name] = usage[name] if usage is not None else None
+    return record
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON to a temporary name, fsync it, then rename it over `path`."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w", encoding="utf-8") as fh:
+        json.dump(data, fh, indent=2, ensure_ascii=False, default=str)
+        fh.write("\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_parquet_atomic(frame: pl.DataFrame, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("wb") as fh:
+        frame.write_parquet(fh, compression="zstd")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _frame(records: list[dict[str, Any]], schema: dict[str, Any]) -> pl.DataFrame:
+    # started_at travels as epoch microseconds (JSON-friendly) and becomes a UTC datetime here.
+    build = {name: pl.Int64 if name == "started_at" else kind for name, kind in schema.items()}
+    frame = pl.DataFrame({name: [r.get(name) for r in records] for name in schema}, schema=build)
+    if "started_at" in schema:
+        frame = frame.with_columns(pl.col("started_at").cast(schema["started_at"]))
+    return frame
+
+
+class RunStore:
+    """One run directory: the live run's writer, and the reader for resume and reports."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+        self.results_dir = run_dir / "results"
+        self.state_dir = run_dir / "state"
+        self.attempts_dir = run_dir / "attempts"
+        self.journal_dir = run_dir / "journal"
+        self._lock_fd: int | None = None
+        self._segment_fd: int | None = None
+        self._segment = 0
+        self._results: list[dict[str, Any]] = []
+        self._attempts: list[dict[str, Any]] = []
+        self._segment_opened = 0.0
+
+    # ---- lifetime -------------------------------------------------------
+
+    def open(self) -> None:
+        """Create the layout, take the lock, recover what a crashed run left, start a segment."""
+        for directory in (self.results_dir, self.state_dir, self.attempts_dir, self.journal_dir):
+            directory.mkdir(parents=True, exist_ok=True)
+        self._lock_fd = os.open(self.run_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+            raise RunDirError(
+                f"{self.run_dir}: another runner process is using this run; "
+                "wait for it to finish or stop it first"
+            ) from None
+        self._remove_temporaries()
+        self._recover_journal()
+        self._segment = self._highest_number() + 1
+        self._open_segment()
+
+    def close(self) -> None:
+        """Turn the open segment into a part and release the lock."""
+        if self._segment_fd is not None:
+            self.flush()
+            os.close(self._segment_fd)
+            self._segment_fd = None
+            (self.journal_dir / f"segment-{self._segment:06d}.jsonl").unlink(missing_ok=True)
+        if self._lock_fd is not None:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def _remove_temporaries(self) -> None:
+        for directory in (self.run_dir, self.results_dir, self.state_dir, self.attempts_dir):
+            for tmp in directory.glob(".*.tmp"):
+                log.warning("removing %s left half-written by an interrupted run", tmp)
+                tmp.unlink(missing_ok=True)
+
+    def _highest_number(self) -> int:
+        numbers = [n for _, n in self._parts(self.results_dir)]
+        numbers += [n for _, n in self._parts(self.attempts_dir)]
+        numbers += [
+            int(m.group(1)) for p in self.journal_dir.iterdir() if (m := _SEGMENT.match(p.name))
+        ]
+        return max(numbers, default=0)
+
+    @staticmethod
+    def _parts(directory: Path) -> list[tuple[Path, int]]:
+        if not directory.is_dir():
+            return []
+        found = [(p, int(m.group(1))) for p in directory.iterdir() if (m := _PART.match(p.name))]
+        return sorted(found, key=lambda item: item[1])
+
+    # ---- writing --------------------------------------------------------
+
+    def _open_segment(self) -> None:
+        path = self.journal_dir / f"segment-{self._segment:06d}.jsonl"
+        self._segment_fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        self._segment_opened = time.monotonic()
+
+    def record(self, result: RowResult | None, attempts: Iterable[Attempt]) -> None:
+        """Journal a finished row (or only the attempts of one abandoned mid-retry)."""
+        entry = {
+            "r": _result_record(result) if result is not None else None,
+            "a": [_attempt_record(a) for a in attempts],
+        }
+        assert self._segment_fd is not None, "store is not open"
+        os.write(self._segment_fd, (json.dumps(entry, ensure_ascii=False) + "\n").encode())
+        if entry["r"] is not None:
+            self._results.append(entry["r"])
+        self._attempts.extend(entry["a"])
+
+    def flush_due(self) -> bool:
+        """Whether the open segment is big or old enough to become a part."""
+        pending = len(self._results) + len(self._attempts)
+        return pending >= PART_ROWS or (
+            pending > 0 and time.monotonic() - self._segment_opened >= PART_SECONDS
+        )
+
+    def rotate(self) -> Callable[[], None]:
+        """Start the next segment now; the returned function writes the closed one's part.
+
+        The split lets the slow half (Parquet, fsync) run in a thread while rows keep
+        arriving in the new segment.
+        """
+        results, attempts, number = self._results, self._attempts, self._segment
+        assert self._segment_fd is not None, "store is not open"
+        os.close(self._segment_fd)
+        self._results, self._attempts = [], []
+        self._segment += 1
+        self._open_segment()
+        segment = self.journal_dir / f"segment-{number:06d}.jsonl"
+
+        def write() -> None:
+            if results or attempts:
+                self._write_part(number, results, attempts)
+            segment.unlink(missing_ok=True)
+
+        return write
+
+    def flush(self) -> None:
+        """Write everything journaled so far as a part."""
+        if self._results or self._attempts:
+            self.rotate()()
+
+    def _write_part(
+        self, number: int, results: list[dict[str, Any]], attempts: list[dict[str, Any]]
+    ) -> None:
+        name = f"part-{number:06d}.parquet"
+        # Attempts first, then state, then results: a results part is the commit mark.
+        if attempts:
+            _write_parquet_atomic(_frame(attempts, ATTEMPT_SCHEMA), self.attempts_dir / name)
+        if results:
+            _write_parquet_atomic(_frame(results, STATE_SCHEMA), self.state_dir / name)
+            _write_parquet_atomic(_frame(results, RESULT_SCHEMA), self.results_dir / name)
+        for directory in (self.attempts_dir, self.state_dir, self.results_dir):
+            _fsync_dir(directory)
+
+    def _recover_journal(self) -> None:
+        for path in sorted(self.journal_dir.glob("segment-*.jsonl")):
+            match = _SEGMENT.match(path.name)
+            if match is None:
+                continue
+            results, attempts = [], []
+            for entry in _read_journal(path):
+                if entry.get("r") is not None:
+                    results.append(entry["r"])
+                attempts.extend(entry.get("a") or [])
+            if results or attempts:
+                log.info("recovered %d finished rows from %s", len(results), path.name)
+                self._write_part(int(match.group(1)), results, attempts)
+            path.unlink()
+
+    # ---- reading --------------------------------------------------------
+
+    def read_results(
+        self, with_state: bool = False, columns: list[str] | None = None
+    ) -> pl.DataFrame:
+        """The latest version of every row on disk, in input order (only `columns` if given)."""
+        wanted = list(RESULT_SCHEMA) if columns is None else list(columns)
+        read = list(dict.fromkeys(["id", "status", *wanted]))
+        frames = []
+        for path, _ in self._parts(self.results_dir):
+            try:
+                results = pl.read_parquet(path, columns=read)
+                state = pl.read_parquet(self.state_dir / path.name)
+            except Exception as exc:  # polars raises several types for a damaged file
+                log.warning(
+                    "ignoring unreadable part %s: %s; its rows will be sent again", path, exc
+                )
+                continue
+            if results.height != state.height:
+                log.warning(
+                    "ignoring part %s: its state does not match; rows will be sent again", path
+                )
+                continue
+            # Parts are read in number order, so "keep last" below means "latest part wins".
+            frames.append(pl.concat([results, state], how="horizontal"))
+        selected = wanted + (list(STATE_SCHEMA) if with_state else [])
+        if not frames:
+            return pl.DataFrame(schema=RESULT_SCHEMA | STATE_SCHEMA).select(selected)
+        key = (
+            pl.when(pl.col("status") == Status.INVALID.value)
+            .then(pl.lit("\x00") + pl.col("line").cast(pl.String))
+            .otherwise(pl.col("id"))
+        )
+        return (
+            pl.concat(frames, how="vertical_relaxed")
+            .with_columns(key.alias("_key"))
+            .unique(subset=["_key"], keep="last", maintain_order=True)
+            .sort("line", maintain_order=True)
+            .select(selected)
+        )
+
+    def read_attempts(self) -> pl.DataFrame:
+        """Every attempt on disk, once each."""
+        frames = []
+        for path, _ in self._parts(self.attempts_dir):
+            try:
+                frames.append(pl.read_parquet(path))
+            except Exception as exc:  # polars raises several types for a damaged file
+                log.warning("ignoring unreadable part %s: %s", path, exc)
+        if not frames:
+            return pl.DataFrame(schema=ATTEMPT_SCHEMA)
+        return pl.concat(frames, how="vertical_relaxed").unique(
+            subset=["id", "attempt", "started_at"], keep="first", maintain_order=True
+        )
+
+    def compact(self, current_lines: set[int] | None = None) -> None:
+        """Rewrite every part as one, keeping the latest outcome of each row, then drop the rest.
+
+        Invalid rows are kept only from the current input (`current_lines`), since an
+        earlier run's invalid rows may describe a file that has since changed.
+        """
+        self.flush()
+        old = self._parts(self.results_dir) + self._parts(self.attempts_dir)
+        if len(old) <= 2:
+            return
+        results = self.read_results(with_state=True)
+        if current_lines is not None:
+            results = results.filter(
+                (pl.col("status") != Status.INVALID.value)
+                | pl.col("line").is_in(list(current_lines))
+            )
+        attempts = self.read_attempts()
+        number = self._segment
+        name = f"part-{number:06d}.parquet"
+        _write_parquet_atomic(attempts, self.attempts_dir / name)
+        _write_parquet_atomic(results.select(list(STATE_SCHEMA)), self.state_dir / name)
+        _write_parquet_atomic(results.select(list(RESULT_SCHEMA)), self.results_dir / name)
+        for directory in (self.attempts_dir, self.state_dir, self.results_dir):
+            _fsync_dir(directory)
+        for path, n in old:
+            if n < number:
+                path.unlink(missing_ok=True)
+                (self.state_dir / path.name).unlink(missing_ok=True)
+        # The open segment keeps its number; the next part must not collide with the compacted one.
+        assert self._segment_fd is not None
+        os.close(self._segment_fd)
+        (self.journal_dir / f"segment-{number:06d}.jsonl").unlink(missing_ok=True)
+        self._segment = number + 1
+        self._open_segment()
+
+
+def _read_journal(path: Path) -> Iterator[dict[str, Any]]:
+    """Journal entries; a torn last line (the process died mid-write) is skipped."""
+    with path.open("rb") as fh:
+        for raw in fh:
+            try:
+                yield json.loads(raw)
+            except ValueError:
+                log.warning("%s: skipping a torn journal line", path.name)
+
+
+@contextlib.contextmanager
+def open_store(run_dir: Path) -> Iterator[RunStore]:
+    """A locked, recovered store for the live run; closed (and unlocked) on the way out."""
+    store = RunStore(run_dir)
+    store.open()
+    try:
+        yield store
+    finally:
+        store.close()
