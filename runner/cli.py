@@ -72,10 +72,31 @@ def _fail(exc: RunnerError) -> None:
     sys.exit(exc.exit_code)
 
 
+_debug = False
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="runner")
-def main() -> None:
+@click.option("--debug", is_flag=True, help="Show a traceback for unexpected errors.")
+def cli(debug: bool) -> None:
     """Run prompts through the Anthropic Messages API in bulk, and account for every token."""
+    global _debug
+    _debug = debug
+
+
+def main() -> None:
+    """The `runner` command: a bug shows as one line unless --debug asks for the traceback."""
+    try:
+        cli(standalone_mode=True)
+    except Exception as exc:
+        if _debug:
+            raise
+        click.echo(
+            f"runner: internal error: {type(exc).__name__}: {_redact(str(exc))} "
+            "(run `runner --debug ...` for the traceback)",
+            err=True,
+        )
+        sys.exit(1)
 
 
 def _run_options(func: Any) -> Any:
@@ -154,7 +175,7 @@ def _flags(kwargs: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-@main.command()
+@cli.command()
 @_run_options
 @click.option(
     "--output-dir",
@@ -242,7 +263,7 @@ def _demo_job() -> Path:
     raise UsageError("jobs/demo.toml not found: run `runner demo` from the project's checkout")
 
 
-@main.command()
+@cli.command()
 @click.option(
     "--output-dir",
     type=click.Path(path_type=Path),
@@ -280,7 +301,7 @@ def demo(output_dir: Path, latency_ms: float) -> None:
 def _register_mock_server() -> None:
     from runner.mock.command import mock_server
 
-    main.add_command(mock_server, "mock-server")
+    cli.add_command(mock_server, "mock-server")
 
 
 _register_mock_server()

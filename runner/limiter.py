@@ -29,7 +29,7 @@ class RateLimiter:
         self.waiting_s: dict[str, float] = {"cooldown": 0.0}
 
     async def admit(self, request: Request) -> Ticket:
-        """Wait until the pool may send `request`."""
+        """Wait until the pool may send `request`; every ticket is settled exactly once."""
         while (delay := self._cooldown_until - time.monotonic()) > 0:
             self.waiting_s["cooldown"] += delay
             await anyio.sleep(delay)
@@ -44,7 +44,7 @@ class RateLimiter:
         """Learn from a response's headers (rate-limit headers, when the server sends them)."""
 
     def settle(self, ticket: Ticket, usage: Usage | None) -> None:
-        """Correct the admission estimate with the usage the stream really reported."""
+        """The attempt ended: correct the estimate with the usage the stream reported (if any)."""
 
     def snapshot(self) -> dict[str, object]:
         """The limiter's state for progress and summary.json."""

@@ -7,6 +7,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import Any
 
 import anyio
 import httpx
@@ -22,7 +23,7 @@ from tenacity import (
 from runner.client import Completion, stream_message
 from runner.errors import ApiError, FatalApiError, HttpRetryableError, RetryableError
 from runner.limiter import RateLimiter
-from runner.models import Attempt, Outcome, Request, RowResult, Status
+from runner.models import Attempt, Outcome, Request, RowResult, Status, Usage
 from runner.pricing import PriceTable
 from runner.stats import RunStats
 
@@ -206,40 +207,63 @@ class WorkerPool:
             self.limiter.settle(ticket, facts.usage)
             if isinstance(exc, HttpRetryableError) and facts.http_status in _POOL_PAUSE_STATUSES:
                 self.limiter.on_overloaded(facts.http_status, facts.retry_after_s)
-            attempt = Attempt(
-                row_id=request.row_id,
-                number=number,
-                started_at=started_at,
-                outcome=facts.outcome,
-                latency_ms=(time.perf_counter() - started) * 1000.0,
-                fingerprint=request.fingerprint,
+            self._log_attempt(
+                attempts,
+                request,
+                number,
+                started_at,
+                (time.perf_counter() - started) * 1000.0,
+                facts.outcome,
+                facts.usage,
                 http_status=facts.http_status,
                 error_type=facts.error_type,
                 error_message=exc.message,
                 retry_after_s=facts.retry_after_s,
                 request_id=facts.request_id,
-                usage=facts.usage,
-                cost_usd=self.prices.cost(request.model, facts.usage) if facts.usage else None,
             )
-            attempts.append(attempt)
-            self.stats.add_attempt(attempt)
+            raise
+        except BaseException:
+            # Cancelled mid-stream: give the ticket back; the attempt is lost in flight.
+            self.limiter.settle(ticket, None)
             raise
         self.limiter.settle(ticket, completion.usage)
+        self._log_attempt(
+            attempts,
+            request,
+            number,
+            started_at,
+            completion.latency_ms,
+            Outcome.OK,
+            completion.usage,
+            http_status=200,
+            request_id=completion.request_id,
+        )
+        return completion
+
+    def _log_attempt(
+        self,
+        attempts: list[Attempt],
+        request: Request,
+        number: int,
+        started_at: float,
+        latency_ms: float,
+        outcome: Outcome,
+        usage: Usage | None,
+        **details: Any,
+    ) -> None:
         attempt = Attempt(
             row_id=request.row_id,
             number=number,
             started_at=started_at,
-            outcome=Outcome.OK,
-            latency_ms=completion.latency_ms,
+            outcome=outcome,
+            latency_ms=latency_ms,
             fingerprint=request.fingerprint,
-            http_status=200,
-            request_id=completion.request_id,
-            usage=completion.usage,
-            cost_usd=self.prices.cost(request.model, completion.usage),
+            usage=usage,
+            cost_usd=self.prices.cost(request.model, usage) if usage is not None else None,
+            **details,
         )
         attempts.append(attempt)
         self.stats.add_attempt(attempt)
-        return completion
 
     def _failed(
         self, request: Request, prior: int, attempts: list[Attempt], exc: ApiError

@@ -53,6 +53,8 @@ class RunOptions:
     api_key: str | None = None
     # The command line that started this run, to print the exact resume command.
     argv: tuple[str, ...] = ()
+    # Shows the run as it goes: `await progress.run(stats, limiter)` runs until cancelled.
+    progress: Any = None
 
 
 @dataclass(slots=True)
@@ -280,6 +282,8 @@ async def _drive(
             workers_scope = control.bind(outer)
             outer.start_soon(_watch_signals, control, job.retry.grace_period)
             outer.start_soon(_flush_periodically, store)
+            if options.progress is not None:
+                outer.start_soon(options.progress.run, stats, limiter)
             with workers_scope:
                 async with anyio.create_task_group() as workers:
                     workers.start_soon(
