@@ -211,9 +211,11 @@ def _execute_in(
         stats.total_rows = options.limit
 
     control = StopControl()
+    limiter = RateLimiter(job.limits)
     current_lines: set[int] = set()
     exit_code = anyio.run(
         _drive,
+        limiter,
         job,
         options,
         store,
@@ -232,6 +234,7 @@ def _execute_in(
     else:
         store.flush()
     summary = summarize(store, stats, exit_code)
+    summary["limiter"] = limiter.snapshot()
     run_info["ended_at"] = datetime.now(UTC).isoformat()
     run_info["counts"] = summary["rows"]
     write_json_atomic(run_json_path, run_info)
@@ -245,6 +248,7 @@ def _execute_in(
 
 
 async def _drive(
+    limiter: RateLimiter,
     job: Job,
     options: RunOptions,
     store: RunStore,
@@ -257,7 +261,6 @@ async def _drive(
     control: StopControl,
     current_lines: set[int],
 ) -> int:
-    limiter = RateLimiter(job.limits)
     concurrency = job.limits.concurrency
     send, receive = anyio.create_memory_object_stream[WorkItem](concurrency * 2)
 
