@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from runner.mock.replies import Reply
@@ -30,6 +31,12 @@ UNKNOWN_EVENT = (
     b"event: future_event\n"
     b'data: {"type":"future_event","detail":{"note":"clients must ignore unknown events"}}\n\n'
 )
+
+
+@lru_cache(maxsize=4096)
+def _escaped(token: str) -> bytes:
+    """A token as it appears inside a JSON string; escaping is per character, so it composes."""
+    return json.dumps(token, ensure_ascii=False)[1:-1].encode()
 
 
 def dumps(value: Any) -> bytes:
@@ -99,7 +106,10 @@ def encode_stream(
     }
     return EncodedStream(
         head=head + CONTENT_BLOCK_START + PING,
-        deltas=tuple(_DELTA_HEAD + dumps(text) + b"}}\n\n" for text in reply.deltas),
+        deltas=tuple(
+            _DELTA_HEAD + b'"' + b"".join(map(_escaped, chunk)) + b'"}}\n\n'
+            for chunk in reply.chunks
+        ),
         block_stop=CONTENT_BLOCK_STOP,
         message_delta=sse("message_delta", delta),
         message_stop=MESSAGE_STOP,

@@ -50,16 +50,27 @@ class ServedAttempt:
 
 
 class MockRecord:
-    """Every attempt served, by request key and by prompt, plus running totals."""
+    """Every attempt served, by request key and by prompt, plus running totals.
 
-    def __init__(self) -> None:
+    With `keep_attempts=False` (the long-running CLI server) only the totals are kept,
+    so memory stays flat however many requests it serves.
+    """
+
+    def __init__(self, keep_attempts: bool = True) -> None:
         self._lock = threading.Lock()
+        self._keep = keep_attempts
         self._attempts: list[ServedAttempt] = []
         self._by_key: dict[str, list[ServedAttempt]] = {}
         self._by_prompt: dict[str, list[ServedAttempt]] = {}
+        self._statuses: Counter[str] = Counter()
+        self._outcomes: Counter[str] = Counter()
+        self._tokens: Counter[str] = Counter()
+        self._finished = 0
 
     def add(self, attempt: ServedAttempt) -> None:
         """Start recording an attempt; the server keeps filling it in until it ends."""
+        if not self._keep:
+            return
         with self._lock:
             self._attempts.append(attempt)
             self._by_key.setdefault(attempt.key, []).append(attempt)
@@ -71,12 +82,27 @@ class MockRecord:
             for name, value in changes.items():
                 setattr(attempt, name, value)
 
+    def finish(self, attempt: ServedAttempt, ended_at: float) -> None:
+        """Close an attempt and count it in the totals."""
+        with self._lock:
+            attempt.ended_at = ended_at
+            self._finished += 1
+            self._statuses[str(attempt.status) if attempt.status is not None else "reset"] += 1
+            self._outcomes[attempt.outcome] += 1
+            for name in _TOKEN_FIELDS:
+                self._tokens[name] += int(attempt.usage.get(name, 0))
+            self._tokens["output_tokens_generated"] += attempt.output_tokens_generated
+
     def clear(self) -> None:
         """Forget everything (the server's `POST /_mock/reset`)."""
         with self._lock:
             self._attempts.clear()
             self._by_key.clear()
             self._by_prompt.clear()
+            self._statuses.clear()
+            self._outcomes.clear()
+            self._tokens.clear()
+            self._finished = 0
 
     def attempts(self) -> list[ServedAttempt]:
         """Every attempt, in arrival order."""
@@ -99,18 +125,17 @@ class MockRecord:
         return attempts[-1] if attempts else None
 
     def totals(self) -> dict[str, Any]:
-        """Requests by status (or "reset") and the tokens reported, as `GET /_mock/stats`."""
+        """Finished requests by status ("reset" when none was sent) and outcome, and tokens.
+
+        Tokens are as reported to clients, plus `output_tokens_generated`: what was
+        actually streamed, which a broken stream never reported.
+        """
         with self._lock:
-            statuses = Counter(
-                str(a.status) if a.status is not None else "reset" for a in self._attempts
-            )
-            tokens = dict.fromkeys(_TOKEN_FIELDS, 0)
-            for attempt in self._attempts:
-                for name in _TOKEN_FIELDS:
-                    tokens[name] += int(attempt.usage.get(name, 0))
             return {
-                "requests": len(self._attempts),
-                "by_status": dict(sorted(statuses.items())),
-                "by_outcome": dict(sorted(Counter(a.outcome for a in self._attempts).items())),
-                "tokens": tokens,
+                "requests": self._finished,
+                "by_status": dict(sorted(self._statuses.items())),
+                "by_outcome": dict(sorted(self._outcomes.items())),
+                "tokens": {
+                    name: self._tokens[name] for name in (*_TOKEN_FIELDS, "output_tokens_generated")
+                },
             }

@@ -55,25 +55,31 @@ WORDS: tuple[str, ...] = (
 
 @dataclass(frozen=True, slots=True)
 class Reply:
-    """What the model "says": the deltas as streamed, their total, and why it stopped."""
+    """What the model "says": the tokens of each delta, their total, and why it stopped."""
 
-    deltas: tuple[str, ...]
-    delta_tokens: tuple[int, ...]  # tokens generated for each delta
+    chunks: tuple[tuple[str, ...], ...]  # the tokens shown in each text delta
     output_tokens: int
     stop_reason: str
     stop_sequence: str | None = None
 
     @property
+    def deltas(self) -> tuple[str, ...]:
+        """The text of each delta."""
+        return tuple("".join(chunk) for chunk in self.chunks)
+
+    @property
     def text(self) -> str:
         """The whole reply text."""
-        return "".join(self.deltas)
+        return "".join(token for chunk in self.chunks for token in chunk)
 
 
 def generate_reply(request: ParsedRequest) -> Reply:
     """The reply to `request`: length, words and delta sizes all drawn from its seed."""
     rng = random.Random(request.reply_seed)
     length = rng.randint(MIN_REPLY_TOKENS, MAX_REPLY_TOKENS)
-    tokens = rng.choices(WORDS, k=length)
+    # One random byte per draw: cheap, and the small modulo bias does not matter here.
+    tokens = [WORDS[b % len(WORDS)] for b in rng.randbytes(length)]
+    sizes = [1 + b % MAX_TOKENS_PER_DELTA for b in rng.randbytes(length)]
     tokens[0] = tokens[0].lstrip(" ") or tokens[0]
     stop_reason = "end_turn"
     if length > request.max_tokens:
@@ -92,21 +98,15 @@ def generate_reply(request: ParsedRequest) -> Reply:
         for token in tokens:
             shown.append(token[:keep])
             keep -= len(shown[-1])
-        tokens = shown
-    deltas: list[str] = []
-    counts: list[int] = []
+        tokens = [token for token in shown if token]
+    chunks = []
     i = 0
-    while i < len(tokens):
-        size = rng.randint(1, MAX_TOKENS_PER_DELTA)
-        text = "".join(tokens[i : i + size])
-        if text or not deltas:
-            deltas.append(text)
-            counts.append(0)
-        counts[-1] += len(tokens[i : i + size])
+    for size in sizes:
+        if i >= len(tokens):
+            break
+        chunks.append(tuple(tokens[i : i + size]))
         i += size
-    if deltas and not deltas[0]:
-        deltas, counts = [], []  # a stop sequence at the very start: nothing to show
-    return Reply(tuple(deltas), tuple(counts), output_tokens, stop_reason, stop_sequence)
+    return Reply(tuple(chunks), output_tokens, stop_reason, stop_sequence)
 
 
 def _cut_at_stop_sequence(

@@ -70,14 +70,19 @@ async def send_stream(
     if fault == "unknown_event":
         body.append(UNKNOWN_EVENT)
     delay = config.chunk_delay_ms / 1000
-    for i in range(count):
-        if delay and i:
-            await response.write(b"".join(body))
-            body.clear()
-            await asyncio.sleep(delay)
-        body.append(events.deltas[i])
-        answer.text += reply.deltas[i]
-        answer.output_tokens += reply.delta_tokens[i]
+    if delay:
+        for i in range(count):
+            if i:
+                await response.write(b"".join(body))
+                body.clear()
+                await asyncio.sleep(delay)
+            body.append(events.deltas[i])
+            answer.text += "".join(reply.chunks[i])
+            answer.output_tokens += len(reply.chunks[i])
+    else:
+        body += events.deltas[:count]
+        answer.text = "".join(token for chunk in reply.chunks[:count] for token in chunk)
+        answer.output_tokens = sum(len(chunk) for chunk in reply.chunks[:count])
     if fault is None or fault in ("unknown_event", "no_stop"):
         answer.output_tokens = reply.output_tokens
         body += [events.block_stop, events.message_delta]

@@ -119,7 +119,7 @@ async def _messages(request: web.Request) -> web.StreamResponse:
         if isinstance(answer, Answer):
             state.limiter.charge_output(answer.output_tokens)
             _settled(state, attempt, answer)
-        state.record.update(attempt, ended_at=time.time())
+        state.record.finish(attempt, time.time())
 
 
 def _admit(state: MockState, parsed: ParsedRequest, request_id: str) -> Answer | web.Response:
