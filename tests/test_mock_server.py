@@ -293,3 +293,10 @@ def test_reset_endpoint_forgets_attempts_and_record() -> None:
         assert server.record.attempts() == []
         assert c.post("/v1/messages", json=body(prompt)).status_code == 529
         assert c.get("/_mock/stats").json()["requests"] == 1
+
+
+def test_unknown_paths_get_the_api_error_shape(client: httpx.Client) -> None:
+    response = client.get("/v1/models/nope")
+    assert response.status_code == 404
+    assert response.json()["error"]["type"] == "not_found_error"
+    assert response.headers["request-id"].startswith("req_mock_")

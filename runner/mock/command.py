@@ -76,7 +76,7 @@ def _parse_fault(
     metavar="KIND=P",
     help=(
         "Inject fault KIND into each attempt with probability P (repeatable; the P's sum to "
-        f"at most 1). KIND: {', '.join(FAULT_KINDS)}. A prompt can also ask for one: "
+        f"at most 1). KIND: {', '.join(FAULT_KINDS)}. The last user message can also ask for one: "
         "[[fault:KIND]], [[fault:KIND:N]], [[fault:KIND:all]], [[fault:429:N:retry=S]].  "
         "[default: none]"
     ),

@@ -15,7 +15,7 @@ from runner.mock.record import MockRecord
 from runner.mock.server import create_app
 
 # Handlers still running at shutdown (a stalled stream) are cancelled after this long.
-SHUTDOWN_TIMEOUT_S = 1.0
+SHUTDOWN_TIMEOUT_S = 0.25
 # How long serve_in_thread waits for the server to bind, and then to stop.
 THREAD_TIMEOUT_S = 10.0
 

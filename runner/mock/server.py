@@ -67,6 +67,8 @@ def create_app(
     app.router.add_post("/v1/messages/count_tokens", _count_tokens)
     app.router.add_get("/_mock/stats", _stats)
     app.router.add_post("/_mock/reset", _reset)
+    # Last: any other path or method gets the API's JSON 404 rather than aiohttp's text one.
+    app.router.add_route("*", "/{path:.*}", _not_found)
     return app
 
 
@@ -106,17 +108,18 @@ async def _messages(request: web.Request) -> web.StreamResponse:
             return web.Response()  # never sent: the connection is gone
         if fault is not None and fault.kind in HTTP_FAULTS:
             return _fault_response(state, request_id, fault, attempt)
-        answer = _admit(state, parsed, request_id)
-        if isinstance(answer, web.Response):
+        admitted = _admit(state, parsed, request_id)
+        if isinstance(admitted, web.Response):
             state.record.update(attempt, status=429, error_type="rate_limit_error")
-            return answer
+            return admitted
+        answer = admitted
         answer.fault = fault.kind if fault is not None else None
         answer.on_settled = lambda a: _settled(state, attempt, a)
         headers = _headers(state, request_id)
         send = send_stream if parsed.stream else send_message
         return await send(request, headers, config, answer)
     finally:
-        if isinstance(answer, Answer):
+        if answer is not None:
             state.limiter.charge_output(answer.output_tokens)
             _settled(state, attempt, answer)
         state.record.finish(attempt, time.time())
@@ -142,9 +145,9 @@ def _admit(state: MockState, parsed: ParsedRequest, request_id: str) -> Answer |
 
 def _settled(state: MockState, attempt: ServedAttempt, answer: Answer) -> None:
     reported = answer.usage
-    if not answer.completed and attempt.stream:
-        # A broken stream only ever reported message_start's provisional usage.
-        reported = dict(answer.usage, output_tokens=1)
+    if not answer.completed and answer.fault != "no_stop":  # no_stop did send message_delta
+        # A broken stream only reported message_start's provisional usage; a cut JSON body none.
+        reported = dict(answer.usage, output_tokens=1) if attempt.stream else {}
     state.record.update(
         attempt,
         status=answer.status,
@@ -168,16 +171,12 @@ def _fault_response(
 
 async def _count_tokens(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
-    request_id = _new_request_id()
     try:
         parsed = await _parse(request, state, parse_count_tokens_request)
     except WireError as exc:
-        return _error(state, request_id, exc.status, exc.error_type, exc.message)
+        return _error(state, _new_request_id(), exc.status, exc.error_type, exc.message)
     # The total a message with this prompt reports across input, cache creation and reads.
-    body = dumps({"input_tokens": parsed.input_tokens})
-    return web.Response(
-        body=body, headers={"request-id": request_id}, content_type="application/json"
-    )
+    return _json({"input_tokens": parsed.input_tokens})
 
 
 async def _parse(
@@ -208,12 +207,22 @@ async def _parse(
 
 async def _stats(request: web.Request) -> web.Response:
     state = request.app[STATE]
-    return web.Response(body=dumps(state.record.totals()), content_type="application/json")
+    return _json(state.record.totals())
 
 
 async def _reset(request: web.Request) -> web.Response:
     request.app[STATE].reset()
-    return web.Response(body=dumps({"ok": True}), content_type="application/json")
+    return _json({"ok": True})
+
+
+async def _not_found(request: web.Request) -> web.Response:
+    message = f"{request.method} {request.path} is not served by the mock API"
+    return _error(request.app[STATE], _new_request_id(), 404, "not_found_error", message)
+
+
+def _json(value: object) -> web.Response:
+    headers = {"request-id": _new_request_id()}
+    return web.Response(body=dumps(value), headers=headers, content_type="application/json")
 
 
 def _headers(state: MockState, request_id: str) -> dict[str, str]:
