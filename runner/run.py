@@ -212,7 +212,7 @@ def _execute_in(
 
     control = StopControl()
     limiter = RateLimiter(job.limits)
-    current_lines: set[int] = set()
+    invalid_lines: set[int] = set()
     exit_code = anyio.run(
         _drive,
         limiter,
@@ -226,11 +226,11 @@ def _execute_in(
         previous,
         stats,
         control,
-        current_lines,
+        invalid_lines,
     )
 
     if exit_code in (EXIT_OK, EXIT_SOME_FAILED):
-        store.compact(current_lines)
+        store.compact(invalid_lines)
     else:
         store.flush()
     summary = summarize(store, stats, exit_code)
@@ -259,7 +259,7 @@ async def _drive(
     previous: _Previous,
     stats: RunStats,
     control: StopControl,
-    current_lines: set[int],
+    invalid_lines: set[int],
 ) -> int:
     concurrency = job.limits.concurrency
     send, receive = anyio.create_memory_object_stream[WorkItem](concurrency * 2)
@@ -299,7 +299,7 @@ async def _drive(
                         store,
                         stats,
                         control,
-                        current_lines,
+                        invalid_lines,
                     )
                     for _ in range(concurrency):
                         workers.start_soon(pool.worker, receive.clone())
@@ -322,14 +322,14 @@ async def _produce(
     store: RunStore,
     stats: RunStats,
     control: StopControl,
-    current_lines: set[int],
+    invalid_lines: set[int],
 ) -> None:
     async with send:
         for item in _rows(reader, renderer, limit):
             if control.stopping:
                 return
-            current_lines.add(item.line)
             if isinstance(item, InvalidRow):
+                invalid_lines.add(item.line)
                 log.warning("%s:%d: %s", reader.path, item.line, item.reason)
                 result = RowResult(
                     id=item.id,

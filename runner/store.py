@@ -368,10 +368,10 @@ class RunStore:
             subset=["id", "attempt", "started_at"], keep="first", maintain_order=True
         )
 
-    def compact(self, current_lines: set[int] | None = None) -> None:
+    def compact(self, invalid_lines: set[int] | None = None) -> None:
         """Rewrite every part as one, keeping the latest outcome of each row, then drop the rest.
 
-        Invalid rows are kept only from the current input (`current_lines`), since an
+        Invalid rows are kept only where this run found them (`invalid_lines`), since an
         earlier run's invalid rows may describe a file that has since changed.
         """
         self.flush()
@@ -379,10 +379,10 @@ class RunStore:
         if len(old) <= 2:
             return
         results = self.read_results(with_state=True)
-        if current_lines is not None:
+        if invalid_lines is not None:
             results = results.filter(
                 (pl.col("status") != Status.INVALID.value)
-                | pl.col("line").is_in(list(current_lines))
+                | pl.col("line").is_in(list(invalid_lines))
             )
         attempts = self.read_attempts()
         number = self._segment
