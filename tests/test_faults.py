@@ -1,4 +1,4 @@
-"""Never lose a row to a fault: every fault kind, persistent faults, fatal stops, the shared pause."""
+"""Never lose a row to a fault: each fault kind, persistent faults, fatal stops, the pause."""
 
 from __future__ import annotations
 
