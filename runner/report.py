@@ -1,0 +1,317 @@
+"""What a run (or every run of a job) did and cost, from its Parquet files and JSON.
+
+`build_report(path)` returns a JSON-ready dict; `format_report(report)` renders it for
+people. A run dir holds `run.json`; a job dir holds run dirs. The dict's shape:
+
+    run:  {"kind": "run", "run_dir", "run_id", "job", "started_at", "ended_at",
+           "prices": {"as_of", "source", "overrides"}, **ACCOUNT, "latency_ms", "ttft_ms",
+           "time": {"wall_time_s", "active_s", "rows_per_s", "requests_per_s",
+                    "output_tokens_per_s", "rate_limit_wait_s", "retry_backoff_s"},
+           "errors": [{"error_type", "rows", "example_ids"}]}
+    job:  {"kind": "job", "job_dir", "job", "runs": [run, ...], "total": ACCOUNT}
+    ACCOUNT = {"rows": {"ok", "error", "invalid", "total"}, "tokens": TOKENS,
+               "cost_usd", "unpriced_rows", "spend_usd", "attempts",
+               "by_model": {model: {"rows", "tokens": TOKENS, "cost_usd"}},
+               "retries": {"failed_attempts", **TOKENS, "cost_usd",
+                           "by_error_type": {type: count}}}
+
+`cost_usd` is what the rows' successful attempts cost; `retries.cost_usd` what the
+failed attempts cost; `spend_usd` is both, the bill. Percentiles are over ok rows.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from runner.errors import UsageError
+from runner.models import Status
+from runner.store import RunStore
+
+TOKEN_KINDS = (
+    "input_tokens",
+    "output_tokens",
+    "cache_creation_input_tokens",
+    "cache_read_input_tokens",
+)
+PERCENTILES = (50, 90, 99)
+EXAMPLE_IDS = 3
+TOP_ERRORS = 10
+
+
+def find_runs(path: Path) -> tuple[str, list[Path]]:
+    """("run", [path]) for a run dir, ("job", its run dirs) for a job dir, else UsageError."""
+    if (path / "run.json").is_file():
+        return "run", [path]
+    if path.is_dir():
+        runs = sorted(p for p in path.iterdir() if (p / "run.json").is_file())
+        if runs:
+            return "job", runs
+    what = "does not exist" if not path.exists() else "holds no run.json and no runs"
+    raise UsageError(f"{path}: {what}: give a run dir (reports/JOB/RUN_ID) or a job dir")
+
+
+def read_run_json(run_dir: Path, name: str = "run.json") -> dict[str, Any]:
+    """A run's JSON file (empty if absent, e.g. summary.json of a run that was killed)."""
+    try:
+        return json.loads((run_dir / name).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"{run_dir / name}: unreadable: {exc}") from None
+
+
+def build_report(path: Path) -> dict[str, Any]:
+    """The report of a run dir, or of every run of a job dir with their sum."""
+    kind, runs = find_runs(path)
+    if kind == "run":
+        return _run_report(runs[0])
+    reports, frames = [], []
+    for run_dir in runs:
+        store = RunStore(run_dir)
+        results, attempts = store.read_results(), store.read_attempts()
+        reports.append(_run_report(run_dir, results, attempts))
+        frames.append((results, attempts))
+    total = account(
+        pl.concat([r for r, _ in frames], how="vertical_relaxed"),
+        pl.concat([a for _, a in frames], how="vertical_relaxed"),
+    )
+    return {"kind": "job", "job_dir": str(path), "job": path.name, "runs": reports, "total": total}
+
+
+def _run_report(
+    run_dir: Path, results: pl.DataFrame | None = None, attempts: pl.DataFrame | None = None
+) -> dict[str, Any]:
+    if results is None or attempts is None:
+        store = RunStore(run_dir)
+        results, attempts = store.read_results(), store.read_attempts()
+    info = read_run_json(run_dir)
+    summary = read_run_json(run_dir, "summary.json")
+    prices = info.get("prices") or {}
+    ok = results.filter(pl.col("status") == Status.OK.value)
+    report: dict[str, Any] = {
+        "kind": "run",
+        "run_dir": str(run_dir),
+        "run_id": info.get("run_id", run_dir.name),
+        "job": (info.get("job") or {}).get("name", run_dir.parent.name),
+        "started_at": info.get("first_started_at") or info.get("started_at"),
+        "ended_at": info.get("ended_at"),
+        "prices": {k: prices.get(k) for k in ("as_of", "source", "overrides")},
+        **account(results, attempts),
+        "latency_ms": percentiles(ok["latency_ms"]),
+        "ttft_ms": percentiles(ok["ttft_ms"]),
+    }
+    report["time"] = _time(report, attempts, summary)
+    report["errors"] = _errors(results)
+    return report
+
+
+def account(results: pl.DataFrame, attempts: pl.DataFrame) -> dict[str, Any]:
+    """Rows by status, tokens and cost (per model and in total), and what retries cost."""
+    rows = {s.value: 0 for s in Status}
+    for status, count in results.group_by("status").len().iter_rows():
+        rows[status] = count
+    ok = results.filter(pl.col("status") == Status.OK.value)
+    by_model = {}
+    for (model,), group in ok.sort("model", nulls_last=True).group_by("model", maintain_order=True):
+        by_model[str(model)] = {
+            "rows": group.height,
+            "tokens": _tokens(group),
+            "cost_usd": _cost(group),
+        }
+    failed = attempts.filter(pl.col("outcome") != "ok")
+    by_error = failed.group_by("error_type").len().sort(["len", "error_type"], descending=True)
+    retries = {
+        "failed_attempts": failed.height,
+        **_tokens(failed),
+        "cost_usd": _cost(failed) or 0.0,
+        "by_error_type": {str(t): n for t, n in by_error.iter_rows()},
+    }
+    cost = _cost(ok)
+    return {
+        "rows": {**rows, "total": results.height},
+        "tokens": _tokens(ok),
+        "cost_usd": cost,
+        # A row of a model with no price has a null cost: say how many, never guess.
+        "unpriced_rows": int(ok["cost_usd"].null_count()),
+        "spend_usd": round((cost or 0.0) + retries["cost_usd"], 10),
+        "attempts": attempts.height,
+        "by_model": by_model,
+        "retries": retries,
+    }
+
+
+def _tokens(frame: pl.DataFrame) -> dict[str, int]:
+    return {name: int(frame[name].sum() or 0) for name in TOKEN_KINDS}
+
+
+def _cost(frame: pl.DataFrame) -> float | None:
+    """The sum of the priced rows, or None when no row has a price."""
+    costs = frame["cost_usd"].drop_nulls()
+    return round(float(costs.sum()), 10) if costs.len() else None
+
+
+def percentiles(values: pl.Series) -> dict[str, float | None]:
+    """p50/p90/p99 (linear interpolation, as numpy's default), None without data."""
+    values = values.drop_nulls()
+    return {
+        f"p{q}": (round(float(values.quantile(q / 100, "linear")), 3) if values.len() else None)
+        for q in PERCENTILES
+    }
+
+
+def active_seconds(starts: Iterable[float], ends: Iterable[float]) -> float:
+    """Seconds during which at least one attempt was in flight (the union of intervals)."""
+    total, current_start, current_end = 0.0, None, None
+    for start, end in sorted(zip(starts, ends, strict=True)):
+        if current_end is None or start > current_end:
+            if current_end is not None:
+                total += current_end - current_start
+            current_start, current_end = start, end
+        else:
+            current_end = max(current_end, end)
+    if current_end is not None:
+        total += current_end - current_start
+    return total
+
+
+def _time(report: dict[str, Any], attempts: pl.DataFrame, summary: dict) -> dict[str, Any]:
+    """Wall time, busy time, throughput, and time spent waiting on limits and backoff."""
+    wall = None
+    if report["started_at"] and report["ended_at"]:
+        started = datetime.fromisoformat(report["started_at"])
+        wall = round((datetime.fromisoformat(report["ended_at"]) - started).total_seconds(), 3)
+    timed = attempts.drop_nulls(["started_at", "latency_ms"])
+    starts = [t.timestamp() for t in timed["started_at"]]
+    ends = [s + ms / 1000.0 for s, ms in zip(starts, timed["latency_ms"], strict=True)]
+    # Busy time, not first-to-last: a resumed run's pause would otherwise count as work.
+    active = active_seconds(starts, ends)
+
+    def rate(amount: float) -> float | None:
+        return round(amount / active, 3) if active > 0 else None
+
+    waiting = (summary.get("limiter") or {}).get("waiting_s") or {}
+    return {
+        "wall_time_s": wall,
+        "active_s": round(active, 3),
+        "rows_per_s": rate(report["rows"]["ok"]),
+        "requests_per_s": rate(attempts.height),
+        "output_tokens_per_s": rate(report["tokens"]["output_tokens"]),
+        "rate_limit_wait_s": {k: round(float(v), 3) for k, v in waiting.items()},
+        "retry_backoff_s": round(float(attempts["wait_s"].sum() or 0.0), 3),
+    }
+
+
+def _errors(results: pl.DataFrame) -> list[dict[str, Any]]:
+    """The most common reasons rows failed, with a few example ids each."""
+    failed = results.filter(pl.col("status") != Status.OK.value)
+    grouped = (
+        failed.group_by("error_type", maintain_order=True)
+        .agg(pl.len().alias("rows"), pl.col("id").head(EXAMPLE_IDS).alias("example_ids"))
+        .sort("rows", descending=True, maintain_order=True)
+        .head(TOP_ERRORS)
+    )
+    return [
+        {"error_type": str(t), "rows": n, "example_ids": list(ids)}
+        for t, n, ids in grouped.iter_rows()
+    ]
+
+
+# ---- text ------------------------------------------------------------------------
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """The report for a terminal: a run's full account, or a job's runs one per line."""
+    if report["kind"] == "run":
+        return "\n".join(_format_run(report))
+    lines = [f"job {report['job']}: {len(report['runs'])} runs ({report['job_dir']})", ""]
+    header = f"{'run':<22} {'ok':>7} {'error':>6} {'invalid':>7} {'tokens':>12} {'cost':>11}"
+    lines += [header + f" {'retries':>10} {'wall':>8}", "-" * (len(header) + 20)]
+    for run in report["runs"]:
+        wall = run["time"]["wall_time_s"]
+        lines.append(
+            f"{run['run_id']:<22} {run['rows']['ok']:>7,} {run['rows']['error']:>6,} "
+            f"{run['rows']['invalid']:>7,} {sum(run['tokens'].values()):>12,} "
+            f"{_usd(run['cost_usd']):>11} {_usd(run['retries']['cost_usd']):>10} "
+            f"{'-' if wall is None else f'{wall:.1f}s':>8}"
+        )
+    lines += ["", "total:", *_format_account(report["total"])]
+    return "\n".join(lines)
+
+
+def _format_run(run: dict[str, Any]) -> list[str]:
+    time_ = run["time"]
+    lines = [
+        f"run {run['run_id']} of job {run['job']} ({run['run_dir']})",
+        f"started {run['started_at']}, ended {run['ended_at'] or '(not finished)'}",
+        *_format_account(run),
+        "latency ms: " + _format_percentiles(run["latency_ms"]),
+        "ttft ms:    " + _format_percentiles(run["ttft_ms"]),
+        f"wall time: {_num(time_['wall_time_s'], 's')}, busy {time_['active_s']:.1f}s; "
+        f"{_num(time_['rows_per_s'], ' rows/s')}, {_num(time_['requests_per_s'], ' req/s')}, "
+        f"{_num(time_['output_tokens_per_s'], ' output tokens/s')}",
+        "waiting: "
+        + ", ".join(
+            [f"{k} {v:.1f}s" for k, v in time_["rate_limit_wait_s"].items()]
+            + [f"retry backoff {time_['retry_backoff_s']:.1f}s"]
+        ),
+    ]
+    if run["errors"]:
+        lines.append("errors:")
+        for error in run["errors"]:
+            ids = ", ".join(error["example_ids"])
+            lines.append(f"  {error['rows']:>7,} {error['error_type']}  (e.g. {ids})")
+    prices = run["prices"]
+    lines.append(f"prices: as of {prices['as_of']} ({prices['source']})")
+    for override in prices.get("overrides") or []:
+        lines.append(f"  overridden by {override}")
+    return lines
+
+
+def _format_account(account_: dict[str, Any]) -> list[str]:
+    rows, retries = account_["rows"], account_["retries"]
+    lines = [
+        f"rows: {rows['ok']:,} ok, {rows['error']:,} error, {rows['invalid']:,} invalid "
+        f"(of {rows['total']:,}); {account_['attempts']:,} attempts",
+        f"{'model':<28} {'rows':>7} {'input':>12} {'output':>12} {'cache write':>12} "
+        f"{'cache read':>12} {'cost':>11}",
+    ]
+    entries = [*account_["by_model"].items(), ("total", {**account_, "rows": rows["ok"]})]
+    for name, entry in entries:
+        t = entry["tokens"]
+        lines.append(
+            f"{name:<28} {entry['rows']:>7,} {t['input_tokens']:>12,} {t['output_tokens']:>12,} "
+            f"{t['cache_creation_input_tokens']:>12,} {t['cache_read_input_tokens']:>12,} "
+            f"{_usd(entry['cost_usd']):>11}"
+        )
+    if account_["unpriced_rows"]:
+        lines.append(f"({account_['unpriced_rows']:,} ok rows have no price: not in the cost)")
+    lines.append(
+        f"retries: {retries['failed_attempts']:,} failed attempts, "
+        f"{retries['input_tokens']:,} input + {retries['output_tokens']:,} output tokens, "
+        f"{_usd(retries['cost_usd'])}"
+        + (
+            " (" + ", ".join(f"{k} {v:,}" for k, v in retries["by_error_type"].items()) + ")"
+            if retries["by_error_type"]
+            else ""
+        )
+    )
+    lines.append(f"spend (rows + retries): {_usd(account_['spend_usd'])}")
+    return lines
+
+
+def _format_percentiles(values: dict[str, float | None]) -> str:
+    return "  ".join(f"{k} {_num(v, '')}" for k, v in values.items())
+
+
+def _usd(value: float | None) -> str:
+    return "n/a" if value is None else f"${value:,.4f}"
+
+
+def _num(value: float | None, unit: str) -> str:
+    return "n/a" if value is None else f"{value:,.1f}{unit}"
