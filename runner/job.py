@@ -6,7 +6,9 @@ key, the file and (for typos) the closest valid key, before any request is sent.
 
 from __future__ import annotations
 
+import datetime
 import difflib
+import math
 import os
 import tomllib
 from dataclasses import dataclass, field, fields, replace
@@ -15,6 +17,7 @@ from typing import Any
 
 from runner.errors import JobFileError, UsageError
 from runner.models import InputFormat
+from runner.render import parse_template
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
 
@@ -106,10 +109,36 @@ _SECTIONS: dict[str, type] = {"request": RequestSpec, "limits": Limits, "retry":
 
 def _type_name(expected: Any) -> str:
     if isinstance(expected, tuple):
-        return " or ".join(_type_name(t) for t in expected)
-    return {str: "a string", int: "an integer", float: "a number", bool: "true or false"}.get(
-        expected, getattr(expected, "__name__", str(expected))
-    )
+        # A float setting takes TOML integers too (`idle_timeout = 5`): call it a number.
+        return "a number" if float in expected else " or ".join(map(_type_name, expected))
+    return {
+        str: "a string",
+        int: "an integer",
+        float: "a number",
+        bool: "true or false",
+        list: "an array of strings",
+        dict: "a table",
+    }[expected]
+
+
+def _toml_type(value: Any) -> str:
+    """The TOML name of a value's type, as the user wrote it (https://toml.io/en/v1.0.0)."""
+    for kind, name in _TOML_NAMES:
+        if isinstance(value, kind):
+            return name
+    return type(value).__name__
+
+
+# bool before int: TOML's true is a Python int too.
+_TOML_NAMES: tuple[tuple[type | tuple[type, ...], str], ...] = (
+    (bool, "a boolean"),
+    (int, "an integer"),
+    (float, "a float"),
+    (str, "a string"),
+    (list, "an array"),
+    (dict, "a table"),
+    ((datetime.date, datetime.time), "a date/time"),
+)
 
 
 def _expected_type(cls: type, name: str) -> Any:
@@ -127,9 +156,17 @@ def _check_type(value: Any, expected: Any, where: str, path: Path) -> None:
     # bool is an int in Python; a job saying `max_tokens = true` is still wrong.
     kinds = expected if isinstance(expected, tuple) else (expected,)
     ok = isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)
+    # The only list setting is stop_sequences: the API wants an array of strings.
+    if ok and isinstance(value, list):
+        ok = all(isinstance(item, str) for item in value)
+        if not ok:
+            found = next(_toml_type(item) for item in value if not isinstance(item, str))
+            raise JobFileError(
+                f"{path}: {where} must be {_type_name(expected)}, found {found} in it"
+            )
     if not ok:
         raise JobFileError(
-            f"{path}: {where} must be {_type_name(expected)}, not {type(value).__name__}"
+            f"{path}: {where} must be {_type_name(expected)}, not {_toml_type(value)}"
         )
 
 
@@ -150,6 +187,12 @@ def load_job_file(path: Path) -> dict[str, Any]:
         raise UsageError(f"{path}: is a directory, not a job file") from None
     except tomllib.TOMLDecodeError as exc:
         raise JobFileError(f"{path}: not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        # TOML files must be valid UTF-8 (https://toml.io/en/v1.0.0#spec); tomllib
+        # lets the decoding error through instead of a TOMLDecodeError.
+        raise JobFileError(
+            f"{path}: not valid UTF-8 (byte 0x{exc.object[exc.start]:02x})"
+        ) from None
     except OSError as exc:
         raise UsageError(f"{path}: cannot read job file: {exc.strerror}") from None
 
@@ -185,25 +228,63 @@ def _job_relative(value: str, job_file: Path | None) -> Path:
     return candidate
 
 
+# Flags whose spelling is not `--` plus the setting's last part (see cli.py).
+_FLAG_NAMES = {
+    "limits.requests_per_minute": "--rpm",
+    "limits.input_tokens_per_minute": "--itpm",
+    "limits.output_tokens_per_minute": "--otpm",
+}
+
+
+class _Origins:
+    """Where each setting came from, so an error names the file (`FILE: key`) or the flag."""
+
+    def __init__(self, job_file: Path | None, from_file: set[str], from_flags: set[str]) -> None:
+        self.job_file = job_file
+        self.from_file = from_file
+        self.from_flags = from_flags
+
+    def source(self, key: str) -> str | None:
+        """The flag, environment variable or job file that set `key`; None for a default."""
+        if key in self.from_flags:
+            return _FLAG_NAMES.get(key, "--" + key.rsplit(".", 1)[-1].replace("_", "-"))
+        if key in self.from_file:
+            return str(self.job_file)
+        return "ANTHROPIC_BASE_URL" if key == "base_url" else None
+
+    def __call__(self, key: str) -> str:
+        """`FILE: key` for a job-file setting, the flag's name for a flag."""
+        source = self.source(key)
+        if key in self.from_file and key not in self.from_flags:
+            return f"{source}: {key}"
+        return source or key
+
+
 def resolve_job(job_file: Path | None, flags: dict[str, Any]) -> Job:
     """Merge the job file (if any) with the flags (which win) into a `Job`."""
     settings = load_job_file(job_file) if job_file else {}
-    settings.update({k: v for k, v in flags.items() if v is not None})
+    given = {k: v for k, v in flags.items() if v is not None}
+    origin = _Origins(job_file, set(settings), set(given))
+    settings.update(given)
+    # A bare message names the job file, if any, as every job-file message does.
+    where = f"{job_file}: " if job_file else ""
 
     input_value = settings.get("input")
     if input_value is None:
-        raise UsageError("no input file: give --input PATH or `input` in the job file")
+        raise UsageError(f"{where}no input file: give --input PATH or `input` in the job file")
     input_path = (
         input_value
         if isinstance(input_value, Path)
-        else _job_relative(str(input_value), job_file if "input" not in flags else None)
+        else _job_relative(str(input_value), job_file if "input" not in given else None)
     )
     fmt = settings.get("input_format")
     if fmt is not None:
         try:
             fmt = InputFormat(str(fmt).lower())
         except ValueError:
-            raise UsageError(f"input format must be csv or jsonl, not '{fmt}'") from None
+            raise UsageError(
+                f"{origin('input_format')} must be csv or jsonl, not '{fmt}'"
+            ) from None
 
     prices = settings.get("prices")
     price_file, price_overrides = None, {}
@@ -213,7 +294,7 @@ def resolve_job(job_file: Path | None, flags: dict[str, Any]) -> Job:
         price_file = (
             prices
             if isinstance(prices, Path)
-            else _job_relative(str(prices), job_file if "prices" not in flags else None)
+            else _job_relative(str(prices), job_file if "prices" not in given else None)
         )
 
     sections = {}
@@ -234,27 +315,50 @@ def resolve_job(job_file: Path | None, flags: dict[str, Any]) -> Job:
         job_file=job_file,
         **sections,
     )
-    _check_values(job)
+    if not job.request.model:
+        raise UsageError(f"{where}no model: set [request] model in the job file or give --model")
+    _check_values(job, origin)
     return job
 
 
-def _check_values(job: Job) -> None:
-    """Reject values that have the right type but cannot work."""
+def _check_values(job: Job, origin: _Origins) -> None:
+    """Reject values that have the right type but cannot work, naming where each came from."""
     req, lim, retry = job.request, job.limits, job.retry
-    if not req.model:
-        raise UsageError("no model: set [request] model in the job file or give --model")
     problems = [
-        (req.max_tokens < 1, "max_tokens must be at least 1"),
-        (lim.concurrency < 1, "concurrency must be at least 1"),
-        (retry.max_attempts < 1, "max_attempts must be at least 1"),
-        (retry.idle_timeout <= 0, "idle_timeout must be positive"),
-        (retry.grace_period < 0, "grace_period must not be negative"),
+        ("request.max_tokens", req.max_tokens < 1, "must be at least 1"),
+        ("limits.concurrency", lim.concurrency < 1, "must be at least 1"),
+        ("retry.max_attempts", retry.max_attempts < 1, "must be at least 1"),
+        # nan compares false with everything, so finiteness is checked on its own.
+        ("retry.idle_timeout", not 0 < retry.idle_timeout < math.inf, "must be a positive number"),
+        ("retry.grace_period", not 0 <= retry.grace_period < math.inf, "must be 0 or more"),
+        ("name", not _plain_name(job.name), "must be a plain name (it names a directory)"),
+        ("id_column", job.id_column == "", "must not be empty"),
+        ("request.prompt_column", not req.prompt_column, "must not be empty"),
+        ("base_url", not job.base_url.startswith(("http://", "https://")), _BASE_URL_RULE),
     ]
     for name in ("requests_per_minute", "input_tokens_per_minute", "output_tokens_per_minute"):
         value = getattr(lim, name)
-        problems.append((value is not None and value < 1, f"{name} must be at least 1"))
-    if not job.base_url.startswith(("http://", "https://")):
-        problems.append((True, f"base URL must start with http:// or https://: {job.base_url}"))
-    for bad, message in problems:
+        problems.append((f"limits.{name}", value is not None and value < 1, "must be at least 1"))
+    for key, bad, rule in problems:
         if bad:
-            raise UsageError(message)
+            raise UsageError(f"{origin(key)} {rule}, not {_shown(job, key)}")
+    if req.prompt is not None:
+        try:
+            parse_template(req.prompt)
+        except JobFileError as exc:
+            raise JobFileError(f"{origin.source('request.prompt')}: {exc}") from None
+
+
+_BASE_URL_RULE = "must start with http:// or https://"
+
+
+def _plain_name(name: str) -> bool:
+    return bool(name) and not ({"/", "\\", "\0"} & set(name)) and name not in (".", "..")
+
+
+def _shown(job: Job, key: str) -> str:
+    """The value of setting `key` in `job`, as a message shows it."""
+    value: Any = job
+    for part in key.split("."):
+        value = getattr(value, part)
+    return repr(value) if isinstance(value, str) else str(value)

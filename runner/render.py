@@ -5,11 +5,13 @@ from __future__ import annotations
 import hashlib
 import json
 import string
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from runner.errors import JobFileError
-from runner.job import RequestSpec
 from runner.models import InputRow, InvalidRow, Request
+
+if TYPE_CHECKING:  # job.py checks templates with parse_template: no import cycle
+    from runner.job import RequestSpec
 
 # Anthropic's tokenizer gives roughly 3.5 characters a token for English text;
 # the limiter corrects this estimate with the real usage once a stream reports it.
@@ -22,7 +24,7 @@ class Renderer:
     def __init__(self, spec: RequestSpec) -> None:
         template = spec.prompt if spec.prompt is not None else "{" + spec.prompt_column + "}"
         self.spec = spec
-        self._pieces = _parse_template(template)
+        self._pieces = parse_template(template)
         self.columns = sorted({name for _, name in self._pieces if name is not None})
         self._static: dict[str, Any] = {"model": spec.model, "max_tokens": spec.max_tokens}
         if spec.system:
@@ -71,7 +73,7 @@ class Renderer:
         )
 
 
-def _parse_template(template: str) -> list[tuple[str, str | None]]:
+def parse_template(template: str) -> list[tuple[str, str | None]]:
     """Split a `{column}` template into (literal, column) pieces; `{{` and `}}` are braces."""
     try:
         parsed = list(string.Formatter().parse(template))
