@@ -255,6 +255,134 @@ def print_summary(outcome: RunOutcome) -> None:
     click.echo("\n".join(lines))
 
 
+@cli.command()
+@_run_options
+@click.option(
+    "--offline",
+    is_flag=True,
+    help="Estimate input tokens locally (about ±30%) instead of calling count_tokens. "
+    "Default: count every request with the free count_tokens endpoint.",
+)
+@click.option(
+    "--pilot",
+    type=click.IntRange(min=1),
+    metavar="K",
+    help="Run the first K rows for real to learn output tokens and latency (this spends). "
+    "Default: learn from the job's latest earlier run, if any.",
+)
+@click.option(
+    "--output-dir",
+    type=click.Path(path_type=Path),
+    default=Path("reports"),
+    show_default=True,
+    help="Where the pilot run is written and earlier runs are looked for.",
+)
+@click.option(
+    "--count-concurrency",
+    type=click.IntRange(min=1),
+    default=8,
+    show_default=True,
+    help="count_tokens requests in flight at most.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON. Default: text for people.")
+def estimate(**kwargs: Any) -> None:
+    """Predict a job's rows, tokens, cost (standard and batch) and wall time before running it.
+
+    Invalid rows are counted and listed, not fatal. Retries are not in the figures.
+    """
+    from runner.estimate import EstimateOptions, estimate, format_estimate
+
+    setup_logging(quiet=kwargs["as_json"])
+    try:
+        job = resolve_job(kwargs["job_file"], _flags(kwargs))
+        figures = estimate(
+            job,
+            EstimateOptions(
+                offline=kwargs["offline"],
+                pilot=kwargs["pilot"],
+                limit=kwargs["limit"],
+                output_dir=kwargs["output_dir"],
+                count_concurrency=kwargs["count_concurrency"],
+            ),
+        )
+    except RunnerError as exc:
+        _fail(exc)
+    click.echo(json.dumps(figures, indent=2) if kwargs["as_json"] else format_estimate(figures))
+
+
+@cli.command()
+@click.argument("path", metavar="RUN_DIR|JOB_DIR", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON. Default: text for people.")
+@click.option(
+    "--html",
+    type=click.Path(path_type=Path),
+    metavar="FILE",
+    help="Write an HTML report to FILE. Default: none.",
+)
+def report(path: Path, as_json: bool, html: Path | None) -> None:
+    """Rows, tokens and cost per model, retries, latency, throughput and errors of a run.
+
+    Given a job dir (reports/JOB/), sums every run of the job, one line per run.
+    """
+    from runner.report import build_report, format_report
+
+    try:
+        if as_json and html is not None:
+            raise UsageError("give --json or --html, not both")
+        if html is not None:
+            from runner.html_report import write_html_report
+
+            write_html_report(path, html)
+            click.echo(f"report: {html}")
+            return
+        built = build_report(path)
+    except RunnerError as exc:
+        _fail(exc)
+    click.echo(json.dumps(built, indent=2) if as_json else format_report(built))
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["jsonl", "csv", "parquet"]),
+    required=True,
+    help="Output format. Required. CSV is UTF-8 with a BOM, so Excel and LibreOffice read it.",
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="File to write. Required.",
+)
+@click.option(
+    "--status",
+    type=click.Choice(["ok", "error", "invalid"]),
+    help="Only rows with this status. Default: every row.",
+)
+@click.option(
+    "--columns",
+    help="Comma-separated output columns, in this order. Default: id, the input's columns, "
+    "then the result columns.",
+)
+def export(run_dir: Path, fmt: str, output: Path, status: str | None, columns: str | None) -> None:
+    """Write a run's results joined to their input rows, in input order.
+
+    An input column named like a result column (id, status, model, ...) is renamed
+    input_<name>. The input file must be unchanged since the run.
+    """
+    from runner.export import export_run
+
+    wanted = [c.strip() for c in columns.split(",") if c.strip()] if columns else None
+    try:
+        count = export_run(run_dir, output, fmt, status=status, columns=wanted)
+    except RunnerError as exc:
+        _fail(exc)
+    click.echo(f"exported {count:,} rows to {output}")
+
+
 def _demo_job() -> Path:
     for base in (Path.cwd(), Path(__file__).resolve().parent.parent):
         candidate = base / "jobs" / "demo.toml"
