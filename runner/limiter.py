@@ -1,15 +1,42 @@
-"""Admission control shared by the whole pool: one cooldown after a 429 or 529."""
+"""Admission control shared by the whole pool: three rate meters, a concurrency cap, cooldowns.
+
+Follows https://docs.anthropic.com/en/api/rate-limits. Every attempt is admitted only
+when the requests, input-token and output-token buckets all have room. Input tokens are
+charged from the request's estimate (through a factor learned per model) and corrected
+with the usage the stream reports; cache reads do not count, as on the real API. Output
+tokens are charged at the mean output seen so far and corrected with what was generated.
+
+The limits come from `[limits]`/flags, and are replaced by the server's
+`anthropic-ratelimit-*` headers whenever it sends them. Without either, a request rate
+is learned from 429s alone (see RateLearner). A 429 pauses every worker for the
+server's `retry-after`, then lowers the admitted rate and the concurrency cap, which
+grow back gradually; a run starts with a short ramp rather than a burst.
+"""
 
 from __future__ import annotations
 
+import math
 import time
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 
 import anyio
 import httpx
 
+from runner.buckets import Aimd, Bucket, RateLearner, RunningMean, ramp
 from runner.job import Limits
 from runner.models import Request, Usage
+
+METERS = ("rpm", "itpm", "otpm")
+# The header names of each meter: anthropic-ratelimit-{name}-limit/-remaining/-reset.
+_HEADER_NAMES = {"rpm": "requests", "itpm": "input-tokens", "otpm": "output-tokens"}
+# A run starts with this many requests in flight and adds one per success (slow start).
+START_CONCURRENCY = 4
+CONCURRENCY_DECREASE = 0.7
+# Without a retry-after, a 429 or 529 pauses the pool this long.
+DEFAULT_COOLDOWN_S = 1.0
 
 
 @dataclass(slots=True)
@@ -18,34 +45,239 @@ class Ticket:
 
     input_tokens: int
     output_tokens: int
+    model: str = ""
+    estimated_input_tokens: int = 0
+    settled: bool = False
 
 
 class RateLimiter:
     """Decides when the next attempt may start; every worker asks before each attempt."""
 
-    def __init__(self, limits: Limits) -> None:
+    def __init__(self, limits: Limits, clock: Callable[[], float] = time.monotonic) -> None:
         self.limits = limits
-        self._cooldown_until = 0.0
-        self.waiting_s: dict[str, float] = {"cooldown": 0.0}
+        self._clock = clock
+        now = clock()
+        self._started: float | None = None  # the first admission: the ramp starts there
+        self.buckets = {name: Bucket(name, now) for name in METERS}
+        told = (
+            limits.requests_per_minute,
+            limits.input_tokens_per_minute,
+            limits.output_tokens_per_minute,
+        )
+        for name, limit in zip(METERS, told, strict=True):
+            if limit:
+                self.buckets[name].set_limit(limit, "configured", now)
+        self.backoff = Aimd(_at=now)
+        self.learner = RateLearner()
+        self.max_concurrency = limits.concurrency
+        self.concurrency = min(limits.concurrency, START_CONCURRENCY)
+        self.in_flight = 0
+        self._output_in_flight = 0
+        self._cooldown_until = now
+        self._output = RunningMean()
+        self._input_factor = RunningMean()
+        self.waiting_on: str | None = None
+        self._wait_started = 0.0
+        self.waiting_s: dict[str, float] = dict.fromkeys((*METERS, "cooldown", "concurrency"), 0.0)
+        self.overloaded: Counter[int] = Counter()
+        self._gate = anyio.Lock()
+        self._changed = anyio.Event()
 
     async def admit(self, request: Request) -> Ticket:
         """Wait until the pool may send `request`; every ticket is settled exactly once."""
-        while (delay := self._cooldown_until - time.monotonic()) > 0:
-            self.waiting_s["cooldown"] += delay
-            await anyio.sleep(delay)
-        return Ticket(request.estimated_input_tokens, 0)
-
-    def on_overloaded(self, status: int | None, retry_after_s: float | None) -> None:
-        """A 429 or 529: hold every worker until the server's retry-after has passed."""
-        seconds = retry_after_s if retry_after_s is not None else 1.0
-        self._cooldown_until = max(self._cooldown_until, time.monotonic() + seconds)
+        # One waiter at a time, in arrival order, so waiting time is wall time, not per worker.
+        async with self._gate:
+            if self._started is None:
+                self._started = self._clock()
+            while True:
+                now = self._tick()
+                reason, delay = self._blocked(request, now)
+                if reason is None:
+                    break
+                self.waiting_on, self._wait_started = reason, now
+                try:
+                    with anyio.move_on_after(delay):
+                        await self._changed.wait()
+                finally:
+                    self.waiting_s[reason] += self._clock() - now
+                    self.waiting_on = None
+            ticket = Ticket(
+                input_tokens=math.ceil(self._input_estimate(request)),
+                output_tokens=math.ceil(self._output_estimate(request)),
+                model=request.model,
+                estimated_input_tokens=request.estimated_input_tokens,
+            )
+            self.buckets["rpm"].charge(1)
+            self.buckets["itpm"].charge(ticket.input_tokens)
+            self.buckets["otpm"].charge(ticket.output_tokens)
+            self.in_flight += 1
+            self._output_in_flight += ticket.output_tokens
+            return ticket
 
     def observe(self, response: httpx.Response) -> None:
-        """Learn from a response's headers (rate-limit headers, when the server sends them)."""
+        """Adopt the limits in a response's rate-limit headers and re-sync to what remains."""
+        now = self._tick()
+        for name in METERS:
+            prefix = f"anthropic-ratelimit-{_HEADER_NAMES[name]}"
+            limit = _number(response.headers.get(f"{prefix}-limit"))
+            if not limit:
+                continue
+            bucket = self.buckets[name]
+            if bucket.source != "headers" or bucket.limit != limit:
+                bucket.set_limit(limit, "headers", now)
+                bucket.advance(now, self._scale(bucket, now))
+            remaining = _number(response.headers.get(f"{prefix}-remaining"))
+            if remaining is None:
+                remaining = _remaining_from_reset(response.headers.get(f"{prefix}-reset"), limit)
+            if remaining is None:
+                continue
+            if name == "otpm":
+                # The server charges output as it is generated; ours is charged in advance.
+                remaining -= self._output_in_flight
+            bucket.sync(remaining)
+        self._wake()
 
     def settle(self, ticket: Ticket, usage: Usage | None) -> None:
-        """The attempt ended: correct the estimate with the usage the stream reported (if any)."""
+        """The attempt ended: correct the estimates with the usage the stream reported (if any)."""
+        if ticket.settled:
+            return
+        ticket.settled = True
+        now = self._tick()
+        self.in_flight -= 1
+        self._output_in_flight -= ticket.output_tokens
+        if usage is None:
+            # Nothing was reported as generated; the input charge stays, to be safe.
+            self.buckets["otpm"].charge(-ticket.output_tokens)
+        else:
+            # Cache reads do not count toward the input tokens per minute; creation does.
+            counted = usage.input_tokens + usage.cache_creation_input_tokens
+            self.buckets["itpm"].charge(counted - ticket.input_tokens)
+            self.buckets["otpm"].charge(usage.output_tokens - ticket.output_tokens)
+            if ticket.estimated_input_tokens > 0:
+                self._input_factor.add(ticket.model, counted / ticket.estimated_input_tokens)
+            self._output.add(ticket.model, usage.output_tokens)
+            self.learner.success(now)
+            self.concurrency = min(self.max_concurrency, self.concurrency + 1)
+        self._wake()
+
+    def on_overloaded(self, status: int | None, retry_after_s: float | None) -> None:
+        """A 429 or 529: hold every worker for the retry-after, then go slower for a while."""
+        now = self._tick()
+        seconds = retry_after_s if retry_after_s is not None else DEFAULT_COOLDOWN_S
+        new_event = now >= self._cooldown_until
+        self._cooldown_until = max(self._cooldown_until, now + seconds)
+        self.overloaded[status or 0] += 1
+        if new_event:
+            # One decrease per pause: the 429s of requests already in flight are the same event.
+            self.concurrency = max(1, int(self.concurrency * CONCURRENCY_DECREASE))
+            if status == 429:
+                self._slow_down(now)
+        self._wake()
 
     def snapshot(self) -> dict[str, object]:
-        """The limiter's state for progress and summary.json."""
-        return {"waiting_s": dict(self.waiting_s)}
+        """The limiter's state, JSON-ready, for the progress display and summary.json."""
+        now = self._tick()
+        waiting = dict(self.waiting_s)
+        if self.waiting_on is not None:
+            waiting[self.waiting_on] += now - self._wait_started
+        meters = {}
+        for name, bucket in self.buckets.items():
+            meters[name] = {
+                "limit": bucket.limit,
+                "source": bucket.source,
+                "fill": round(bucket.level, 3),
+                "capacity": round(bucket.capacity, 3),
+                "share": round(bucket.scale, 3),
+                "waiting_s": round(waiting[name], 3),
+            }
+        return {
+            "meters": meters,
+            "waiting_s": {k: round(v, 3) for k, v in waiting.items()},
+            "waiting_on": self.waiting_on,
+            "concurrency": self.concurrency,
+            "max_concurrency": self.max_concurrency,
+            "in_flight": self.in_flight,
+            "cooldown_s": round(max(0.0, self._cooldown_until - now), 3),
+            "overloaded": {str(k): v for k, v in sorted(self.overloaded.items())},
+            "expected_output_tokens": self._output.as_dict(),
+            "input_token_factor": self._input_factor.as_dict(),
+        }
+
+    def _slow_down(self, now: float) -> None:
+        rpm = self.buckets["rpm"]
+        if rpm.source in (None, "learned"):
+            # No limit known for requests: learn the server's rate from its 429s.
+            before = self.learner.rate
+            rate = self.learner.overloaded(now, self._started or now)
+            if rate is not None and rate != before:
+                rpm.set_limit(rate * 60.0, "learned", now)
+        else:
+            self.backoff.cut(now)
+        self._tick()
+
+    def _tick(self) -> float:
+        """Bring every bucket, the backoff and the learned rate up to now."""
+        now = self._clock()
+        self.backoff.advance(now)
+        self.learner.advance(now)
+        rpm = self.buckets["rpm"]
+        if rpm.source == "learned" and self.learner.rate is not None:
+            rpm.advance(now, 1.0)
+            rpm.limit = self.learner.rate * 60.0
+        for bucket in self.buckets.values():
+            bucket.advance(now, self._scale(bucket, now))
+        return now
+
+    def _scale(self, bucket: Bucket, now: float) -> float:
+        """The share of a known limit used now: the start-up ramp times the 429 backoff."""
+        if bucket.source == "learned":
+            return 1.0
+        return ramp(now - (self._started or now)) * self.backoff.value
+
+    def _blocked(self, request: Request, now: float) -> tuple[str | None, float | None]:
+        """What stops `request` now and for how long (None: until something changes)."""
+        if now < self._cooldown_until:
+            return "cooldown", self._cooldown_until - now
+        if self.in_flight >= self.concurrency:
+            return "concurrency", None
+        needs = {
+            "rpm": 1.0,
+            "itpm": self._input_estimate(request),
+            "otpm": self._output_estimate(request),
+        }
+        waits = {name: self.buckets[name].wait_s(need) for name, need in needs.items()}
+        meter = max(waits, key=lambda name: waits[name])
+        if waits[meter] <= 0:
+            return None, None
+        return meter, waits[meter]
+
+    def _input_estimate(self, request: Request) -> float:
+        factor = self._input_factor.get(request.model, 1.0)
+        return request.estimated_input_tokens * factor
+
+    def _output_estimate(self, request: Request) -> float:
+        # Until replies are seen, a request may generate all of max_tokens.
+        return min(request.max_tokens, self._output.get(request.model, request.max_tokens))
+
+    def _wake(self) -> None:
+        """Let the waiting worker look again: something it waits on may have changed."""
+        self._changed.set()
+        self._changed = anyio.Event()
+
+
+def _number(value: str | None) -> float | None:
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _remaining_from_reset(value: str | None, limit: float) -> float | None:
+    """What remains, from the RFC 3339 time at which the bucket is full again."""
+    if not value:
+        return None
+    try:
+        full_at = datetime.fromisoformat(value).timestamp()
+    except ValueError:
+        return None
+    return limit - max(0.0, full_at - time.time()) * limit / 60.0
