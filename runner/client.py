@@ -256,3 +256,37 @@ async def stream_message(
     raise EofWithoutStop(
         "stream ended without message_stop", facts(Outcome.EOF_WITHOUT_STOP, "eof_without_stop")
     )
+
+
+async def count_tokens(
+    http: httpx.AsyncClient, url: str, headers: dict[str, str], body: dict[str, Any]
+) -> int:
+    """Input tokens of `body` by the free count_tokens endpoint, or an ApiError.
+
+    https://docs.claude.com/en/api/messages-count-tokens: same headers as a message,
+    a body of model/system/messages (no max_tokens), an answer `{"input_tokens": N}`.
+    """
+    started = time.perf_counter()
+    try:
+        response = await http.post(
+            url, json=body, headers={**headers, "accept": "application/json"}
+        )
+    except httpx.TimeoutException as exc:
+        raise ConnectError(
+            f"count_tokens timed out ({type(exc).__name__})",
+            AttemptFacts(outcome=Outcome.TIMEOUT, error_type="timeout"),
+        ) from None
+    except httpx.TransportError as exc:
+        raise ConnectError(
+            f"count_tokens: connection failed: {type(exc).__name__}: {exc}",
+            AttemptFacts(outcome=Outcome.CONNECT_ERROR, error_type="connect_error"),
+        ) from None
+    if response.status_code != 200:
+        raise _http_error(response, response.text, started)
+    try:
+        return int(response.json()["input_tokens"])
+    except (ValueError, KeyError, TypeError):
+        raise RejectedError(
+            f"count_tokens answered without input_tokens: {response.text[:200]}",
+            AttemptFacts(outcome=Outcome.HTTP_ERROR, http_status=200, error_type="bad_answer"),
+        ) from None
