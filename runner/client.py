@@ -4,6 +4,10 @@ Wire rules (https://docs.anthropic.com/en/docs/build-with-claude/streaming):
 `message_start` carries input and cache usage; `message_delta` carries the stop reason
 and the *cumulative* output tokens (so the last one wins, never a sum); `ping` and
 unknown event types are ignored; an `error` event can arrive after the 200.
+
+The hot path was cut by profiling (bench/README.md): events stay bytes until one is needed,
+only the data of the four events that carry facts is JSON-decoded, and the body is read to
+its end after `message_stop` so httpcore keeps the connection for the next request.
 """
 
 from __future__ import annotations
@@ -16,7 +20,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
-from httpx_sse import EventSource, SSEError
 
 from runner.errors import (
     ApiError,
@@ -94,6 +97,64 @@ def parse_retry_after(headers: httpx.Headers) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
+class SseDecoder:
+    """Bytes of an event stream -> (event, data) pairs, both bytes, with no per-line objects.
+
+    Follows https://html.spec.whatwg.org/multipage/server-sent-events.html#event-stream-interpretation:
+    lines end in CRLF, LF or CR; a blank line dispatches the event; a line starting with ':'
+    is a comment; one space after the colon is dropped; data lines join with LF; an event
+    without data is not dispatched; its type defaults to "message"; a leading BOM is dropped;
+    a block not ended by a blank line when the stream ends is discarded.
+    """
+
+    __slots__ = ("_buffer", "_started")
+
+    def __init__(self) -> None:
+        self._buffer = b""
+        self._started = False
+
+    def feed(self, chunk: bytes) -> list[tuple[bytes, bytes]]:
+        """The events completed by `chunk`, in order."""
+        buffer = self._buffer + chunk if self._buffer else chunk
+        if not self._started and buffer:
+            if len(buffer) < 3 and b"\xef\xbb\xbf".startswith(buffer):
+                self._buffer = buffer  # maybe a BOM cut across reads
+                return []
+            self._started = True
+            if buffer.startswith(b"\xef\xbb\xbf"):
+                buffer = buffer[3:]
+        if b"\r" in buffer:
+            # A CR at the end may be the first half of a CRLF: keep it for the next read.
+            held = b"\r" if buffer.endswith(b"\r") else b""
+            buffer = buffer[: len(buffer) - len(held)].replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        else:
+            held = b""
+        blocks = buffer.split(b"\n\n")
+        self._buffer = blocks.pop() + held
+        return [event for block in blocks if (event := _parse_block(block)) is not None]
+
+    def finish(self) -> list[tuple[bytes, bytes]]:
+        """The event completed by a CR held back at the very end of the stream."""
+        return self.feed(b"\n") if self._buffer.endswith(b"\r") else []
+
+
+def _parse_block(block: bytes) -> tuple[bytes, bytes] | None:
+    event = b"message"
+    data: list[bytes] = []
+    for line in block.split(b"\n"):
+        name, _, value = line.partition(b":")
+        if value[:1] == b" ":
+            value = value[1:]
+        if name == b"data":
+            data.append(value)
+        elif name == b"event":
+            event = value or b"message"
+        # comments (empty name), id, retry and unknown fields: nothing a Messages stream needs.
+    if not data:
+        return None
+    return event, data[0] if len(data) == 1 else b"\n".join(data)
+
+
 class _UsageTracker:
     """Usage as the stream reports it: message_start first, message_delta fields override."""
 
@@ -163,6 +224,66 @@ def _http_error(response: httpx.Response, body: str, started: float) -> ApiError
     return (HttpRetryableError if retryable else RejectedError)(text, facts)
 
 
+class _Reading:
+    """What one attempt's stream has said so far, and what each event adds to it."""
+
+    __slots__ = ("request_id", "started", "stop_reason", "text", "tracker", "ttft_ms")
+
+    def __init__(self, started: float) -> None:
+        self.started = started
+        self.text: list[str] = []
+        self.tracker = _UsageTracker()
+        self.request_id: str | None = None
+        self.ttft_ms: float | None = None
+        self.stop_reason: str | None = None
+
+    def on_events(self, events: list[tuple[bytes, bytes]]) -> Completion | None:
+        """Take in decoded events; the Completion once `message_stop` is among them."""
+        for kind, data in events:
+            # Only the four events that carry facts are JSON-decoded (json.loads takes bytes).
+            if kind == b"content_block_delta":
+                delta = json.loads(data).get("delta", {})
+                if delta.get("type") == "text_delta":
+                    if self.ttft_ms is None:
+                        self.ttft_ms = (time.perf_counter() - self.started) * 1000.0
+                    self.text.append(delta["text"])
+            elif kind == b"message_start":
+                self.tracker.start(json.loads(data).get("message", {}).get("usage") or {})
+            elif kind == b"message_delta":
+                fields = json.loads(data)
+                self.tracker.delta(fields.get("usage") or {})
+                self.stop_reason = (fields.get("delta") or {}).get("stop_reason", self.stop_reason)
+            elif kind == b"message_stop":
+                return Completion(
+                    text="".join(self.text),
+                    stop_reason=self.stop_reason,
+                    usage=self.tracker.usage(),
+                    request_id=self.request_id,
+                    ttft_ms=self.ttft_ms,
+                    latency_ms=(time.perf_counter() - self.started) * 1000.0,
+                )
+            elif kind == b"error":
+                error_type, message, _ = _error_body(data.decode("utf-8", "replace"))
+                raise MidstreamError(
+                    f"error event mid-stream: {error_type}: {message}",
+                    self.facts(Outcome.MIDSTREAM_ERROR, error_type or "error_event"),
+                )
+            # ping, content_block_start/stop and unknown event types: nothing to do.
+        return None
+
+    def facts(self, outcome: Outcome, error_type: str | None = None) -> AttemptFacts:
+        """What a failed attempt got before it failed, for the attempts table."""
+        return AttemptFacts(
+            outcome=outcome,
+            http_status=200,
+            error_type=error_type,
+            request_id=self.request_id,
+            usage=self.tracker.usage() if self.tracker.fields else None,
+            output_text="".join(self.text),
+            ttft_ms=self.ttft_ms,
+        )
+
+
 async def stream_message(
     http: httpx.AsyncClient,
     url: str,
@@ -172,89 +293,67 @@ async def stream_message(
 ) -> Completion:
     """Send one request and read its stream to `message_stop`, or raise an ApiError."""
     started = time.perf_counter()
-    text: list[str] = []
-    tracker = _UsageTracker()
-    request_id: str | None = None
-    ttft_ms: float | None = None
-    stop_reason: str | None = None
+    reading = _Reading(started)
     got_headers = False
-
-    def facts(outcome: Outcome, error_type: str | None = None) -> AttemptFacts:
-        return AttemptFacts(
-            outcome=outcome,
-            http_status=200,
-            error_type=error_type,
-            request_id=request_id,
-            usage=tracker.usage() if tracker.fields else None,
-            output_text="".join(text),
-            ttft_ms=ttft_ms,
-        )
-
+    completion: Completion | None = None
     try:
         async with http.stream("POST", url, content=request.body, headers=headers) as response:
             got_headers = True
-            request_id = response.headers.get("request-id")
+            reading.request_id = response.headers.get("request-id")
             if on_response is not None:
                 on_response(response)
             if response.status_code != 200:
                 body = (await response.aread()).decode("utf-8", "replace")
                 raise _http_error(response, body, started)
-            async for sse in EventSource(response).aiter_sse():
-                kind = sse.event
-                if kind == "content_block_delta":
-                    delta = json.loads(sse.data).get("delta", {})
-                    if delta.get("type") == "text_delta":
-                        if ttft_ms is None:
-                            ttft_ms = (time.perf_counter() - started) * 1000.0
-                        text.append(delta["text"])
-                elif kind == "message_start":
-                    tracker.start(json.loads(sse.data).get("message", {}).get("usage") or {})
-                elif kind == "message_delta":
-                    data = json.loads(sse.data)
-                    tracker.delta(data.get("usage") or {})
-                    stop_reason = (data.get("delta") or {}).get("stop_reason", stop_reason)
-                elif kind == "message_stop":
-                    return Completion(
-                        text="".join(text),
-                        stop_reason=stop_reason,
-                        usage=tracker.usage(),
-                        request_id=request_id,
-                        ttft_ms=ttft_ms,
-                        latency_ms=(time.perf_counter() - started) * 1000.0,
-                    )
-                elif kind == "error":
-                    error_type, message, _ = _error_body(sse.data)
-                    raise MidstreamError(
-                        f"error event mid-stream: {error_type}: {message}",
-                        facts(Outcome.MIDSTREAM_ERROR, error_type or "error_event"),
-                    )
-                # ping, content_block_start/stop and unknown event types: nothing to do.
+            content_type = response.headers.get("content-type", "")
+            if content_type.partition(";")[0].strip().lower() != "text/event-stream":
+                raise DroppedError(
+                    f"expected an event stream, got content-type {content_type!r}",
+                    reading.facts(Outcome.DROPPED, "dropped"),
+                )
+            decoder = SseDecoder()
+            async for chunk in response.aiter_bytes():
+                # After message_stop the rest of the body is still read: httpcore returns a
+                # connection to its pool only once the response is complete, else it closes it.
+                if completion is None:
+                    completion = reading.on_events(decoder.feed(chunk))
+            if completion is None:
+                completion = reading.on_events(decoder.finish())
     except ApiError:
         raise
     except httpx.TimeoutException as exc:
+        if completion is not None:
+            return completion  # only the end of an already complete body was slow
         if not got_headers:
             raise ConnectError(
                 f"timed out before the response headers ({type(exc).__name__})",
                 AttemptFacts(outcome=Outcome.TIMEOUT, error_type="timeout"),
             ) from None
         raise StalledError(
-            "stream stalled: no data for the idle timeout", facts(Outcome.STALLED, "stalled")
+            "stream stalled: no data for the idle timeout",
+            reading.facts(Outcome.STALLED, "stalled"),
         ) from None
-    except (httpx.TransportError, SSEError) as exc:
+    except httpx.TransportError as exc:
+        if completion is not None:
+            return completion
         if not got_headers:
             raise ConnectError(
                 f"connection failed: {type(exc).__name__}: {exc}",
                 AttemptFacts(outcome=Outcome.CONNECT_ERROR, error_type="connect_error"),
             ) from None
         raise DroppedError(
-            f"stream broken: {type(exc).__name__}: {exc}", facts(Outcome.DROPPED, "dropped")
+            f"stream broken: {type(exc).__name__}: {exc}",
+            reading.facts(Outcome.DROPPED, "dropped"),
         ) from None
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:  # json.loads on bad bytes
         raise DroppedError(
-            f"stream sent invalid JSON: {exc}", facts(Outcome.DROPPED, "invalid_event")
+            f"stream sent invalid JSON: {exc}", reading.facts(Outcome.DROPPED, "invalid_event")
         ) from None
+    if completion is not None:
+        return completion
     raise EofWithoutStop(
-        "stream ended without message_stop", facts(Outcome.EOF_WITHOUT_STOP, "eof_without_stop")
+        "stream ended without message_stop",
+        reading.facts(Outcome.EOF_WITHOUT_STOP, "eof_without_stop"),
     )
 
 
