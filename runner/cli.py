@@ -15,6 +15,7 @@ import click
 from runner import __version__
 from runner.errors import RunnerError, UsageError
 from runner.job import resolve_job
+from runner.progress import DEFAULT_PLAIN_INTERVAL_S, make_progress, print_failure, print_summary
 from runner.run import RunOptions, RunOutcome, execute
 
 log = logging.getLogger("runner")
@@ -44,6 +45,8 @@ class _JsonFormatter(logging.Formatter):
                 "ts": round(record.created, 3),
                 "level": record.levelname.lower(),
                 "message": record.getMessage(),
+                # Progress and summary lines carry their figures as fields (runner/progress.py).
+                **getattr(record, "fields", {}),
             },
             ensure_ascii=False,
         )
@@ -68,7 +71,7 @@ def _redact(text: str) -> str:
 
 
 def _fail(exc: RunnerError) -> None:
-    click.echo(f"runner: error: {_redact(str(exc))}", err=True)
+    print_failure(_redact(str(exc)), exc.exit_code)
     sys.exit(exc.exit_code)
 
 
@@ -191,13 +194,25 @@ def _flags(kwargs: dict[str, Any]) -> dict[str, Any]:
     type=float,
     help="Seconds in-flight requests get after Ctrl-C/SIGTERM. Default: 10.",
 )
-@click.option("--quiet", is_flag=True, help="Only warnings, errors and the final summary.")
+@click.option(
+    "--quiet",
+    is_flag=True,
+    help="Only warnings, errors and the final one-line summary. Default: off.",
+)
 @click.option(
     "--log-format",
     type=click.Choice(["text", "json"]),
     default="text",
     show_default=True,
-    help="Log lines for people or for log collectors.",
+    help="Log lines for people or for log collectors (JSON: progress and summary as fields).",
+)
+@click.option(
+    "--progress-interval",
+    type=click.FloatRange(min=0.1),
+    default=DEFAULT_PLAIN_INTERVAL_S,
+    show_default=True,
+    help="Seconds between progress lines when stderr is not a terminal "
+    "(a terminal gets a live display instead).",
 )
 def run(**kwargs: Any) -> None:
     """Run a job: stream every row's completion and write the Parquet report.
@@ -219,40 +234,21 @@ def run(**kwargs: Any) -> None:
                 resume=kwargs["resume"],
                 limit=kwargs["limit"],
                 argv=tuple(sys.argv[1:]),
+                progress=make_progress(
+                    quiet=kwargs["quiet"],
+                    log_format=kwargs["log_format"],
+                    interval=kwargs["progress_interval"],
+                ),
             ),
         )
     except RunnerError as exc:
         _fail(exc)
-    _finish(outcome)
+    _finish(outcome, quiet=kwargs["quiet"], log_format=kwargs["log_format"])
 
 
-def _finish(outcome: RunOutcome) -> None:
-    print_summary(outcome)
+def _finish(outcome: RunOutcome, *, quiet: bool = False, log_format: str = "text") -> None:
+    print_summary(outcome, quiet=quiet, log_format=log_format)
     sys.exit(outcome.exit_code)
-
-
-def print_summary(outcome: RunOutcome) -> None:
-    """The final lines: rows by status, tokens, cost, wall time, where the report is, what next."""
-    summary = outcome.summary
-    rows, tokens = summary["rows"], summary["tokens"]
-    wall = outcome.stats.elapsed
-    rate = outcome.stats.done / wall if wall > 0 else 0.0
-    lines = [
-        f"rows: {rows['ok']} ok, {rows['error']} error, {rows['invalid']} invalid "
-        f"(of {rows['total']}); {outcome.stats.done} done in this session, "
-        f"{outcome.stats.skipped} skipped as already ok",
-        f"tokens: {tokens['input_tokens']:,} input, {tokens['output_tokens']:,} output, "
-        f"{tokens['cache_creation_input_tokens']:,} cache write, "
-        f"{tokens['cache_read_input_tokens']:,} cache read",
-        f"cost: ${summary['cost_usd']:.4f} (retries: ${summary['retries']['cost_usd']:.4f})",
-        f"wall time: {wall:.1f} s ({rate:.1f} rows/s)",
-        f"report: {outcome.run_dir}",
-    ]
-    if outcome.message:
-        lines.append(outcome.message)
-    if "resume_command" in summary:
-        lines.append(f"resume with: {summary['resume_command']}")
-    click.echo("\n".join(lines))
 
 
 @cli.command()
@@ -418,7 +414,12 @@ def demo(output_dir: Path, latency_ms: float) -> None:
             job = resolve_job(_demo_job(), {"base_url": mock.base_url})
             outcome = execute(
                 job,
-                RunOptions(output_dir=output_dir, api_key=DEMO_API_KEY, argv=("demo",)),
+                RunOptions(
+                    output_dir=output_dir,
+                    api_key=DEMO_API_KEY,
+                    argv=("demo",),
+                    progress=make_progress(),
+                ),
             )
     except RunnerError as exc:
         _fail(exc)
