@@ -332,8 +332,8 @@ def _check_values(job: Job, origin: _Origins) -> None:
         ("retry.idle_timeout", not 0 < retry.idle_timeout < math.inf, "must be a positive number"),
         ("retry.grace_period", not 0 <= retry.grace_period < math.inf, "must be 0 or more"),
         ("name", not _plain_name(job.name), "must be a plain name (it names a directory)"),
-        ("id_column", job.id_column == "", "must not be empty"),
-        ("request.prompt_column", not req.prompt_column, "must not be empty"),
+        ("id_column", job.id_column == "", "must name a column"),
+        ("request.prompt_column", not req.prompt_column, "must name a column"),
         ("base_url", not job.base_url.startswith(("http://", "https://")), _BASE_URL_RULE),
     ]
     for name in ("requests_per_minute", "input_tokens_per_minute", "output_tokens_per_minute"):
