@@ -111,28 +111,57 @@ def resume_command(argv: tuple[str, ...], run_id: str) -> str:
 
 
 class _Previous:
-    """What earlier runs of this run id left on disk: the rows to skip, attempts so far."""
+    """What earlier runs of this run id left on disk: the rows to skip, attempts so far.
+
+    Kept as Arrow tables and checked a batch at a time with a join, so resuming a
+    large run needs no per-row Python objects.
+    """
 
     def __init__(self, store: RunStore) -> None:
         results = store.read_results(with_state=True, columns=["id", "status"])
-        ok = results.filter(pl.col("status") == Status.OK.value)
-        self.ok_fingerprints: dict[str, str] = dict(zip(ok["id"], ok["fingerprint"], strict=True))
-        counts = store.read_attempts().group_by("id").len()
-        self.attempts: dict[str, int] = dict(zip(counts["id"], counts["len"], strict=True))
-        self.rows_on_disk = results.height
+        self.done = results.filter(pl.col("status") == Status.OK.value).select("id", "fingerprint")
+        self.attempts = store.read_attempts(columns=["id"]).group_by("id").len("prior")
+        self.empty = self.done.is_empty() and self.attempts.is_empty()
+        # Each join hashes the whole done table: few large batches when resuming, small
+        # ones for a fresh run so the first requests go out at once.
+        self.batch = 256 if self.empty else 8192
 
-    def is_done(self, request: Request) -> bool:
-        return self.ok_fingerprints.get(request.row_id) == request.fingerprint
+    def triage(self, batch: list[Request]) -> tuple[list[WorkItem], int]:
+        """The batch's rows still to send (with their earlier attempts), and how many are done."""
+        if self.empty:
+            return [WorkItem(request) for request in batch], 0
+        frame = pl.DataFrame(
+            {
+                "id": [r.row_id for r in batch],
+                "fingerprint": [r.fingerprint for r in batch],
+                "i": range(len(batch)),
+            },
+            schema={"id": pl.String, "fingerprint": pl.String, "i": pl.Int64},
+        )
+        done = set(frame.join(self.done, on=["id", "fingerprint"], how="semi")["i"])
+        prior = dict(frame.join(self.attempts, on="id").select("i", "prior").iter_rows())
+        to_send = [
+            WorkItem(request, prior.get(i, 0)) for i, request in enumerate(batch) if i not in done
+        ]
+        return to_send, len(done)
 
 
-def _rows(
-    reader: InputReader, renderer: Renderer, limit: int | None
-) -> Iterator[Request | InvalidRow]:
-    """Rendered requests and invalid rows, in input order, at most `limit` of them."""
+def _batches(
+    reader: InputReader, renderer: Renderer, limit: int | None, size: int = 256
+) -> Iterator[tuple[list[Request], list[InvalidRow]]]:
+    """Rendered requests and invalid rows, in input order, a batch at a time (`limit` rows)."""
+    requests: list[Request] = []
+    invalid: list[InvalidRow] = []
     for count, row in enumerate(reader):
         if limit is not None and count >= limit:
-            return
-        yield renderer.render(row) if isinstance(row, InputRow) else row
+            break
+        item = renderer.render(row) if isinstance(row, InputRow) else row
+        (invalid if isinstance(item, InvalidRow) else requests).append(item)
+        if len(requests) + len(invalid) >= size:
+            yield requests, invalid
+            requests, invalid = [], []
+    if requests or invalid:
+        yield requests, invalid
 
 
 def execute(job: Job, options: RunOptions) -> RunOutcome:
@@ -189,15 +218,14 @@ def _execute_in(
     write_json_atomic(run_json_path, run_info)
 
     stats = RunStats()
-    if previous.ok_fingerprints:
+    nothing_left = False
+    if not previous.empty:
         to_send = skip = invalid = 0
-        for item in _rows(reader, renderer, options.limit):
-            if isinstance(item, InvalidRow):
-                invalid += 1
-            elif previous.is_done(item):
-                skip += 1
-            else:
-                to_send += 1
+        for requests, invalid_rows in _batches(reader, renderer, options.limit, previous.batch):
+            items, done = previous.triage(requests)
+            to_send, skip, invalid = to_send + len(items), skip + done, invalid + len(invalid_rows)
+        stats.total_rows = to_send + skip + invalid
+        nothing_left = to_send == 0 and invalid == 0
         log.info(
             "resuming run %s: skipping %d rows already ok, sending %d, %d invalid",
             run_dir.name,
@@ -213,26 +241,30 @@ def _execute_in(
     control = StopControl()
     limiter = RateLimiter(job.limits)
     invalid_lines: set[int] = set()
-    exit_code = anyio.run(
-        _drive,
-        limiter,
-        job,
-        options,
-        store,
-        reader,
-        renderer,
-        prices,
-        api_key,
-        previous,
-        stats,
-        control,
-        invalid_lines,
-    )
-
-    if exit_code in (EXIT_OK, EXIT_SOME_FAILED):
-        store.compact(invalid_lines)
+    if nothing_left:
+        # Every row is already ok with an unchanged request: no client, no pool.
+        stats.skipped = stats.total_rows or 0
+        exit_code = EXIT_OK
     else:
-        store.flush()
+        exit_code = anyio.run(
+            _drive,
+            limiter,
+            job,
+            options,
+            store,
+            reader,
+            renderer,
+            prices,
+            api_key,
+            previous,
+            stats,
+            control,
+            invalid_lines,
+        )
+        if exit_code in (EXIT_OK, EXIT_SOME_FAILED):
+            store.compact(invalid_lines)
+        else:
+            store.flush()
     summary = summarize(store, stats, exit_code)
     summary["limiter"] = limiter.snapshot()
     run_info["ended_at"] = datetime.now(UTC).isoformat()
@@ -325,10 +357,8 @@ async def _produce(
     invalid_lines: set[int],
 ) -> None:
     async with send:
-        for item in _rows(reader, renderer, limit):
-            if control.stopping:
-                return
-            if isinstance(item, InvalidRow):
+        for requests, invalid_rows in _batches(reader, renderer, limit, previous.batch):
+            for item in invalid_rows:
                 invalid_lines.add(item.line)
                 log.warning("%s:%d: %s", reader.path, item.line, item.reason)
                 result = RowResult(
@@ -342,11 +372,12 @@ async def _produce(
                 )
                 store.record(result, [])
                 stats.add_result(result)
-                continue
-            if previous.is_done(item):
-                stats.skipped += 1
-                continue
-            await send.send(WorkItem(item, previous.attempts.get(item.row_id, 0)))
+            items, done = previous.triage(requests)
+            stats.skipped += done
+            for work in items:
+                if control.stopping:
+                    return
+                await send.send(work)
 
 
 async def _flush_periodically(store: RunStore) -> None:

@@ -341,6 +341,9 @@ class RunStore:
         selected = wanted + (list(STATE_SCHEMA) if with_state else [])
         if not frames:
             return pl.DataFrame(schema=RESULT_SCHEMA | STATE_SCHEMA).select(selected)
+        if len(frames) == 1 and frames[0]["line"].is_sorted():
+            # One part in input order (a compacted run): nothing to dedupe or sort.
+            return frames[0].select(selected)
         key = (
             pl.when(pl.col("status") == Status.INVALID.value)
             .then(pl.lit("\x00") + pl.col("line").cast(pl.String))
@@ -354,19 +357,23 @@ class RunStore:
             .select(selected)
         )
 
-    def read_attempts(self) -> pl.DataFrame:
-        """Every attempt on disk, once each."""
+    def read_attempts(self, columns: list[str] | None = None) -> pl.DataFrame:
+        """Every attempt on disk, once each (only `columns` if given)."""
+        key = ["id", "attempt", "started_at"]
+        read = None if columns is None else list(dict.fromkeys([*key, *columns]))
         frames = []
         for path, _ in self._parts(self.attempts_dir):
             try:
-                frames.append(pl.read_parquet(path))
+                frames.append(pl.read_parquet(path, columns=read))
             except Exception as exc:  # polars raises several types for a damaged file
                 log.warning("ignoring unreadable part %s: %s", path, exc)
         if not frames:
-            return pl.DataFrame(schema=ATTEMPT_SCHEMA)
-        return pl.concat(frames, how="vertical_relaxed").unique(
-            subset=["id", "attempt", "started_at"], keep="first", maintain_order=True
-        )
+            return pl.DataFrame(schema=ATTEMPT_SCHEMA).select(read or list(ATTEMPT_SCHEMA))
+        # The same attempt can be in two parts only if a crash hit a compaction midway.
+        frame = pl.concat(frames, how="vertical_relaxed")
+        if len(frames) > 1:
+            frame = frame.unique(subset=key, keep="first", maintain_order=True)
+        return frame if columns is None else frame.select(columns)
 
     def compact(self, invalid_lines: set[int] | None = None) -> None:
         """Rewrite every part as one, keeping the latest outcome of each row, then drop the rest.
@@ -376,7 +383,7 @@ class RunStore:
         """
         self.flush()
         old = self._parts(self.results_dir) + self._parts(self.attempts_dir)
-        if len(old) <= 2:
+        if not old:  # even one part is rewritten: it holds rows in completion order
             return
         results = self.read_results(with_state=True)
         if invalid_lines is not None:
