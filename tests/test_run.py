@@ -163,3 +163,13 @@ def test_connection_refused_is_an_error_row_not_a_crash(tmp_path: Path) -> None:
     results = results_of(outcome.run_dir)
     assert set(results["status"]) == {"error"}
     assert set(results["error_type"]) == {"connect_error"}
+
+
+def test_utf8_and_lines_split_across_reads(tmp_path: Path) -> None:
+    with serve_in_thread(MockConfig(fragment_bytes=3)) as mock:
+        rows = prompts(12, prefix="fragmented")
+        outcome = run_rows(tmp_path, mock.base_url, rows, **{"request.max_tokens": 120})
+        results = results_of(outcome.run_dir)
+        for row, text in zip(rows, results["output_text"], strict=True):
+            assert text == mock.record.final_for_prompt(row["prompt"]).text
+    assert any(ord(ch) > 127 for ch in "".join(results["output_text"]))

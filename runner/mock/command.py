@@ -126,6 +126,14 @@ def _parse_fault(
     show_default=True,
     help="Most input tokens a prompt may have; longer prompts get 400 'prompt is too long'.",
 )
+@click.option(
+    "--fragment-bytes",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Write each stream in pieces of this many bytes (0: whole), to test clients "
+    "against UTF-8 and lines split across reads.",
+)
 def mock_server(
     host: str,
     port: int,
@@ -141,6 +149,7 @@ def mock_server(
     no_ratelimit_headers: bool,
     max_request_bytes: int,
     context_window: int,
+    fragment_bytes: int,
 ) -> None:
     """Serve the bundled mock Anthropic Messages API (POST /v1/messages and
     /v1/messages/count_tokens) with deterministic replies, and faults and rate limits
@@ -158,6 +167,7 @@ def mock_server(
             otpm=otpm,
             ratelimit_headers=not no_ratelimit_headers,
             max_request_bytes=max_request_bytes,
+            fragment_bytes=fragment_bytes,
             context_window=context_window,
         )
     except ValueError as exc:

@@ -35,6 +35,8 @@ class MockConfig:
 
     latency_ms: float = 0.0
     chunk_delay_ms: float = 0.0
+    # Write streams in pieces of this many bytes (0: whole), so clients meet split UTF-8.
+    fragment_bytes: int = 0
     api_key: str | None = None
     seed: int = 0
     # Probability per attempt of each fault kind, e.g. {"500": 0.05}; they must sum to <= 1.

@@ -53,6 +53,17 @@ class Answer:
         return "msg_" + self.request_id.removeprefix("req_")
 
 
+async def _write(response: web.StreamResponse, data: bytes, config: MockConfig) -> None:
+    """Write `data`; with `fragment_bytes`, in pieces that split UTF-8 and lines across reads."""
+    step = config.fragment_bytes
+    if not step:
+        await response.write(data)
+        return
+    for start in range(0, len(data), step):
+        await response.write(data[start : start + step])
+        await asyncio.sleep(0.001)  # a separate TCP segment, so a separate read for the client
+
+
 async def send_stream(
     request: web.Request, headers: Mapping[str, str], config: MockConfig, answer: Answer
 ) -> web.StreamResponse:
@@ -73,7 +84,7 @@ async def send_stream(
     if delay:
         for i in range(count):
             if i:
-                await response.write(b"".join(body))
+                await _write(response, b"".join(body), config)
                 body.clear()
                 await asyncio.sleep(delay)
             body.append(events.deltas[i])
@@ -93,7 +104,7 @@ async def send_stream(
         error = error_object("overloaded_error", "Overloaded")
         body.append(sse("error", {"type": "error", "error": error}))
     answer.settle()
-    await response.write(b"".join(body))
+    await _write(response, b"".join(body), config)
     if fault == "drop":
         abort(request)
         return response
