@@ -7,6 +7,7 @@ of the file runs (exit 1); unusable files and job files stop the run before any 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -56,10 +57,10 @@ def runner(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return done
 
 
-def run_args(mock: MockServer, *args: str) -> list[str]:
-    """`run` with the mock's URL, a model and a fixed output place."""
+def run_args(mock: MockServer, *args: str, command: str = "run") -> list[str]:
+    """`run` (or `estimate`) with the mock's URL, a model and a fixed output place."""
     return [
-        "run",
+        command,
         "--base-url",
         mock.base_url,
         "--model",
@@ -120,6 +121,24 @@ JSONL_LINES: list[tuple[bytes, str | None]] = [
 ]
 
 
+# What `runner run` names on stderr and `runner estimate` lists, for each file.
+EXPECTED = {
+    "rows.jsonl": [
+        f"rows.jsonl:{n}: {reason}" for n, (_, reason) in enumerate(JSONL_LINES, 1) if reason
+    ],
+    # tests/data/bad/rows.csv; a multi-line record is cited by its first line (10, not 11).
+    "rows.csv": [
+        "rows.csv:5: expected 3 fields, found 4",
+        "rows.csv:6: expected 3 fields, found 2",
+        "rows.csv:7: column 'prompt' is not valid UTF-8 (byte 0xff)",
+        "rows.csv:8: empty prompt",
+        "rows.csv:9: duplicate id ok1 (first on line 2)",
+        "rows.csv:10: expected 3 fields, found 4",
+        "rows.csv:12: empty prompt",
+    ],
+}
+
+
 def test_bad_jsonl_rows_are_invalid_and_the_rest_runs(tmp_path: Path, mock: MockServer) -> None:
     (tmp_path / "rows.jsonl").write_bytes(b"\n".join(raw for raw, _ in JSONL_LINES))
     done = runner(
@@ -127,10 +146,7 @@ def test_bad_jsonl_rows_are_invalid_and_the_rest_runs(tmp_path: Path, mock: Mock
     )
 
     assert done.returncode == 1, done.stderr
-    expected = [
-        f"rows.jsonl:{n}: {reason}" for n, (_, reason) in enumerate(JSONL_LINES, 1) if reason
-    ]
-    assert row_lines(done.stderr, "rows.jsonl") == expected
+    assert row_lines(done.stderr, "rows.jsonl") == EXPECTED["rows.jsonl"]
     results = results_of(tmp_path / "out" / "rows" / "r1")
     # An id that cannot be read is reported by its line.
     assert by_line(results, "invalid") == {
@@ -191,16 +207,7 @@ def test_bad_csv_rows_are_invalid_and_the_rest_runs(tmp_path: Path, mock: MockSe
     )
 
     assert done.returncode == 1, done.stderr
-    # A multi-line record is cited by its first line (10, not 11).
-    assert row_lines(done.stderr, "rows.csv") == [
-        "rows.csv:5: expected 3 fields, found 4",
-        "rows.csv:6: expected 3 fields, found 2",
-        "rows.csv:7: column 'prompt' is not valid UTF-8 (byte 0xff)",
-        "rows.csv:8: empty prompt",
-        "rows.csv:9: duplicate id ok1 (first on line 2)",
-        "rows.csv:10: expected 3 fields, found 4",
-        "rows.csv:12: empty prompt",
-    ]
+    assert row_lines(done.stderr, "rows.csv") == EXPECTED["rows.csv"]
     results = results_of(tmp_path / "out" / "rows" / "r1")
     assert sorted(results.filter(pl.col("status") == "invalid")["id"]) == sorted(
         ["long", "short", "utf", "blank", "ok1", "bad2", "none"]
@@ -208,6 +215,20 @@ def test_bad_csv_rows_are_invalid_and_the_rest_runs(tmp_path: Path, mock: MockSe
     assert sorted(results.filter(pl.col("status") == "ok")["id"]) == ["last", "ml", "ok1"]
     # RFC 4180: the embedded newline, comma and doubled quotes arrive exactly; no U+FFFD.
     assert sorted(sent_prompts(mock)) == sorted(["hello", 'two\nlines, "quoted"', "the end"])
+
+
+def test_estimate_counts_and_lists_the_same_invalid_rows(tmp_path: Path, mock: MockServer) -> None:
+    (tmp_path / "rows.jsonl").write_bytes(b"\n".join(raw for raw, _ in JSONL_LINES))
+    (tmp_path / "rows.csv").write_bytes((DATA / "rows.csv").read_bytes())
+    for name in EXPECTED:
+        args = ["--input", name, "--id-column", "id", "--json"]
+        done = runner(tmp_path, *run_args(mock, *args, command="estimate"))
+        assert done.returncode == 0, done.stderr
+        figures = json.loads(done.stdout)
+        # The same FILE:LINE: reason lines as `runner run` prints, here as data.
+        assert figures["invalid"] == EXPECTED[name]
+        assert figures["rows"] == {"to_send": 3, "invalid": len(EXPECTED[name])}
+    assert sent_prompts(mock) == []  # count_tokens only: no message was sent
 
 
 # --- formats: read exactly, nothing lost ---
@@ -279,46 +300,80 @@ JOB_FILES = {
     "job template column": '[request]\nprompt = "{body}"\n',
 }
 
-# case -> (options before `run`, such as --debug; options after it; how its one error
-# line starts).
-STOP_CASES: dict[str, tuple[tuple[str, ...], list[str], str]] = {
-    "missing": ((), ["--input", "nope.csv"], "nope.csv: no such file"),
-    "directory": ((), ["--input", "folder.csv"], "folder.csv: is a directory, not an input file"),
-    "unreadable": ((), ["--input", "loop.csv"], "loop.csv: cannot read: "),
-    "no permission": ((), ["--input", "locked.csv"], "locked.csv: cannot read: permission denied"),
-    "empty csv": ((), ["--input", "empty.csv"], "empty.csv: empty: no header line"),
+# case -> (options before the command, such as --debug; the command; its options; how
+# its one error line starts).
+STOP_CASES: dict[str, tuple[tuple[str, ...], str, list[str], str]] = {
+    "missing": ((), "run", ["--input", "nope.csv"], "nope.csv: no such file"),
+    "directory": (
+        (),
+        "run",
+        ["--input", "folder.csv"],
+        "folder.csv: is a directory, not an input file",
+    ),
+    "unreadable": ((), "run", ["--input", "loop.csv"], "loop.csv: cannot read: "),
+    "no permission": (
+        (),
+        "run",
+        ["--input", "locked.csv"],
+        "locked.csv: cannot read: permission denied",
+    ),
+    "empty csv": ((), "run", ["--input", "empty.csv"], "empty.csv: empty: no header line"),
     "no prompt column": (
         (),
+        "run",
         ["--input", "cols.csv"],
         "no column 'prompt' in cols.csv (columns: id, text)",
     ),
     "unknown extension": (
         (),
+        "run",
         ["--input", "notes.txt"],
         "notes.txt: unknown input format; use .csv or .jsonl, or --input-format",
     ),
     "template column": (
         (),
+        "run",
         ["--input", "cols.csv", "--prompt", "Summarise {body}"],
         "no column 'body' in cols.csv (columns: id, text)",
     ),
-    "with --debug": (("--debug",), ["--input", "nope.csv"], "nope.csv: no such file"),
+    "with --debug": (("--debug",), "run", ["--input", "nope.csv"], "nope.csv: no such file"),
     "job typo": (
         (),
+        "run",
         ["job.toml"],
         "job.toml: unknown key 'request.max_token' (did you mean 'max_tokens'?)",
     ),
     "job wrong type": (
         (),
+        "run",
         ["job.toml"],
         "job.toml: request.max_tokens must be an integer, not a string",
     ),
     "job unknown top-level key": (
         (),
+        "run",
         ["job.toml"],
         "job.toml: unknown key 'inputs' (did you mean 'input'?)",
     ),
-    "job template column": ((), ["job.toml"], "no column 'body' in cols.csv (columns: id, text)"),
+    "job template column": (
+        (),
+        "run",
+        ["job.toml"],
+        "no column 'body' in cols.csv (columns: id, text)",
+    ),
+    "estimate: missing": ((), "estimate", ["--input", "nope.csv"], "nope.csv: no such file"),
+    "estimate: template column": (
+        (),
+        "estimate",
+        ["--input", "cols.csv", "--prompt", "{body}"],
+        "no column 'body' in cols.csv (columns: id, text)",
+    ),
+    "estimate: job typo": (
+        (),
+        "estimate",
+        ["job.toml"],
+        "job.toml: unknown key 'request.max_token' (did you mean 'max_tokens'?)",
+    ),
 }
 
 
@@ -332,14 +387,16 @@ def stopped_runs(
     """
     with serve_in_thread(MockConfig()) as mock:
         finished = {}
-        for case, (prefix, args, _) in STOP_CASES.items():
+        for case, (prefix, command, args, _) in STOP_CASES.items():
             if case == "no permission" and ROOT:
                 continue  # root would read it and send its row
             cwd = tmp_path_factory.mktemp(case.replace(" ", "_"))
             _setup_files(cwd)
-            if case in JOB_FILES:
-                (cwd / "job.toml").write_text('input = "cols.csv"\n' + JOB_FILES[case])
-            finished[case] = (runner(cwd, *prefix, *run_args(mock, *args)), cwd)
+            if "job.toml" in args:
+                (cwd / "job.toml").write_text(
+                    'input = "cols.csv"\n' + JOB_FILES[case.removeprefix("estimate: ")]
+                )
+            finished[case] = (runner(cwd, *prefix, *run_args(mock, *args, command=command)), cwd)
         served = mock.record.totals()["requests"]
         yield {case: (done, cwd, served) for case, (done, cwd) in finished.items()}
 
@@ -351,7 +408,7 @@ def test_unusable_input_or_job_stops_before_any_request(stopped_runs, case: str)
     done, cwd, served = stopped_runs[case]
     assert done.returncode == 2, done.stderr
     lines = error_lines(done.stderr)
-    assert len(lines) == 1 and lines[0].startswith(STOP_CASES[case][2]), done.stderr
+    assert len(lines) == 1 and lines[0].startswith(STOP_CASES[case][3]), done.stderr
     assert served == 0  # not one of the cases sent a request
     assert not (cwd / "out").exists()
 
