@@ -90,7 +90,7 @@ def sent_prompts(mock: MockServer) -> list[str]:
     return [attempt.prompt for attempt in mock.record.attempts()]
 
 
-def by_line(results: pl.DataFrame, status: str) -> dict[str, str]:
+def messages_by_id(results: pl.DataFrame, status: str) -> dict[str, str]:
     """id -> error message of the rows with `status`."""
     rows = results.filter(pl.col("status") == status)
     return dict(zip(rows["id"], rows["error_message"], strict=True))
@@ -149,7 +149,7 @@ def test_bad_jsonl_rows_are_invalid_and_the_rest_runs(tmp_path: Path, mock: Mock
     assert row_lines(done.stderr, "rows.jsonl") == EXPECTED["rows.jsonl"]
     results = results_of(tmp_path / "out" / "rows" / "r1")
     # An id that cannot be read is reported by its line.
-    assert by_line(results, "invalid") == {
+    assert messages_by_id(results, "invalid") == {
         "b": JSONL_LINES[1][1],
         "c": JSONL_LINES[2][1],
         "d": JSONL_LINES[3][1],
@@ -171,7 +171,7 @@ def test_bad_jsonl_rows_are_invalid_and_the_rest_runs(tmp_path: Path, mock: Mock
     # Nothing invalid reached the API; only the good rows did.
     assert sorted(sent_prompts(mock)) == ["hello a", "last z"]
 
-    # Too large for the API: sent once, recorded as the API's 400, never retried or cut.
+    # Too large for the API: sent once and recorded as the API's 400, never retried.
     # (The mock refuses it before its record, so our attempts table is the witness.)
     big = results.filter(pl.col("id") == "big").row(0, named=True)
     assert big["status"] == "error" and big["attempts"] == 1
