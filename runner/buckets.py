@@ -83,63 +83,61 @@ class Bucket:
             self.level = min(self.level, remaining)
 
 
-# The learned rate: how far below the estimate to restart, the multiplicative decrease
-# when no estimate is possible, and the additive increase (a share of the rate per second).
-LEARN_MARGIN = 0.95
-LEARN_DECREASE = 0.6
-LEARN_INCREASE = 0.01
-LEARN_MIN_WINDOW_S = 0.5
+# The learned rate: the multiplicative decrease (a share of the rate the server accepted
+# lately); the increase after it, a share of that rate per second that itself grows per
+# second without a 429 (so a low first estimate is soon outgrown); the window the accepted
+# rate is measured over, the shortest history and fewest successes that measure anything.
+LEARN_DECREASE = 0.9
+LEARN_INCREASE = 0.02
+LEARN_ACCELERATION = 0.01
+LEARN_WINDOW_S = 10.0
+LEARN_MIN_HISTORY_S = 3.0
 LEARN_MIN_OK = 4
 LEARN_FLOOR = 1.0 / 60.0  # one request a minute
-RECENT_S = 5.0
 
 
 class RateLearner:
     """A request rate learned from 429s alone, for servers that send no rate-limit headers.
 
-    A 429 means the server's bucket was empty. Between two 429s it went from empty to
-    empty, so the requests it accepted in between, over the time between, is its rate:
-    no guess about the bucket's size or the meter that binds is needed.
+    A 429 means the server's bucket is empty; while we keep it empty, the requests it
+    accepted over the last few seconds are its rate, whichever meter binds. So on a 429
+    the rate drops to a little under what was accepted lately (multiplicative decrease),
+    then grows linearly until the next 429 (additive increase). What goes unused while
+    under the limit stays in the server's bucket and is spent when we go over it.
     """
 
     def __init__(self) -> None:
         self.rate: float | None = None  # requests per second; None before any 429
-        self._base = 0.0  # the rate set at the last 429, the additive increase's unit
-        self._at = 0.0
-        self._last_event: float | None = None
-        self._ok_since_event = 0
-        self._recent: deque[float] = deque()
+        self._base = 0.0  # the rate set at the last 429, the increase's unit
+        self._cut_at = 0.0
+        self._accepted: deque[float] = deque()
 
     def success(self, now: float) -> None:
         """A request the server accepted."""
-        self._ok_since_event += 1
-        self._recent.append(now)
-        while self._recent and self._recent[0] < now - RECENT_S:
-            self._recent.popleft()
+        self._accepted.append(now)
+        while self._accepted and self._accepted[0] < now - LEARN_WINDOW_S:
+            self._accepted.popleft()
 
     def overloaded(self, now: float, started: float) -> float | None:
-        """A 429: estimate the server's rate and restart just below it; returns the new rate.
+        """A 429: go a little under the rate the server accepted lately; returns the new rate.
 
         With too few successes to measure anything the rate is left as it was (the
         pause and the concurrency cap do the slowing down).
         """
-        window = now - self._last_event if self._last_event is not None else 0.0
-        if window >= LEARN_MIN_WINDOW_S and self._ok_since_event >= LEARN_MIN_OK:
-            self._set(LEARN_MARGIN * self._ok_since_event / window)
-        elif len(self._recent) >= LEARN_MIN_OK:
-            recent = len(self._recent) / max(min(RECENT_S, now - started), 1e-3)
-            self._set(LEARN_DECREASE * (recent if self.rate is None else min(self.rate, recent)))
-        self._last_event, self._ok_since_event, self._at = now, 0, now
+        while self._accepted and self._accepted[0] < now - LEARN_WINDOW_S:
+            self._accepted.popleft()
+        history = now - started
+        if len(self._accepted) >= LEARN_MIN_OK and history >= LEARN_MIN_HISTORY_S:
+            window = min(LEARN_WINDOW_S, history)
+            self._base = max(LEARN_FLOOR, LEARN_DECREASE * len(self._accepted) / window)
+            self.rate, self._cut_at = self._base, now
         return self.rate
 
-    def _set(self, rate: float) -> None:
-        self.rate = self._base = max(LEARN_FLOOR, rate)
-
     def advance(self, now: float) -> None:
-        """Additive increase: probe a little above the estimate as time passes."""
-        if self.rate is not None and now > self._at:
-            self.rate += self._base * LEARN_INCREASE * (now - self._at)
-        self._at = max(self._at, now)
+        """Increase: probe further above the last cut the longer no 429 comes."""
+        if self.rate is not None:
+            t = max(0.0, now - self._cut_at)
+            self.rate = self._base * (1 + LEARN_INCREASE * t + LEARN_ACCELERATION * t * t)
 
 
 class RunningMean:
