@@ -174,7 +174,7 @@ def execute(job: Job, options: RunOptions) -> RunOutcome:
         job.input, fmt=job.input_format, id_column=job.id_column, columns_needed=renderer.columns
     )
     reader.check()
-    prices = PriceTable.load(job.prices, job.price_overrides)
+    prices = PriceTable.load(job.prices, job.price_overrides or None)
     run_dir = resolve_run_dir(job, options)
     run_dir.mkdir(parents=True, exist_ok=True)
     with open_store(run_dir) as store:
