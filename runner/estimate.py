@@ -90,7 +90,7 @@ def estimate(job: Job, options: EstimateOptions) -> dict[str, Any]:
         job.input, fmt=job.input_format, id_column=job.id_column, columns_needed=renderer.columns
     )
     reader.check()
-    prices = PriceTable.load(job.prices, job.price_overrides)
+    prices = PriceTable.load(job.prices, job.price_overrides or None)
     pilot = None
     if options.pilot:
         outcome = execute(
