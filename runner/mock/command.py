@@ -10,7 +10,6 @@ import click
 
 from runner.mock.config import FAULT_KINDS, MockConfig
 from runner.mock.record import MockRecord
-from runner.mock.serve import start_server, stop_server
 
 
 def _parse_fault(
@@ -177,6 +176,8 @@ def mock_server(
 
 
 async def _serve(config: MockConfig, host: str, port: int) -> None:
+    from runner.mock.serve import start_server, stop_server  # aiohttp: only when serving
+
     try:
         runner, url = await start_server(config, MockRecord(keep_attempts=False), host, port)
     except OSError as exc:
