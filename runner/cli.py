@@ -70,8 +70,8 @@ def _redact(text: str) -> str:
     return text.replace(key, "***") if key else text
 
 
-def _fail(exc: RunnerError) -> None:
-    print_failure(_redact(str(exc)), exc.exit_code)
+def _fail(exc: RunnerError, log_format: str = "text") -> None:
+    print_failure(_redact(str(exc)), exc.exit_code, log_format=log_format)
     sys.exit(exc.exit_code)
 
 
@@ -223,7 +223,7 @@ def run(**kwargs: Any) -> None:
     """
     setup_logging(kwargs["quiet"], kwargs["log_format"])
     if kwargs["run_id"] and kwargs["resume"]:
-        _fail(UsageError("give --run-id or --resume, not both"))
+        _fail(UsageError("give --run-id or --resume, not both"), kwargs["log_format"])
     try:
         job = resolve_job(kwargs["job_file"], _flags(kwargs))
         outcome = execute(
@@ -242,7 +242,7 @@ def run(**kwargs: Any) -> None:
             ),
         )
     except RunnerError as exc:
-        _fail(exc)
+        _fail(exc, kwargs["log_format"])
     _finish(outcome, quiet=kwargs["quiet"], log_format=kwargs["log_format"])
 
 

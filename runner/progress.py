@@ -354,11 +354,11 @@ def print_summary(outcome: Any, *, quiet: bool = False, log_format: str = "text"
         print("\n".join(summary_lines(outcome)), flush=True)
 
 
-def print_failure(message: str, exit_code: int) -> None:
+def print_failure(message: str, exit_code: int, *, log_format: str = "text") -> None:
     """The error and a final line for a run that stopped before it began (exit 2)."""
     final = f"exit {exit_code}: {'nothing was sent; ' if exit_code == 2 else ''}fix the above"
-    if not log.handlers:  # a command that set up no logging: plain stderr
+    if log_format == "json":
+        log.error("error: %s", message)
+        _emit(final, {"event": "summary", "exit_code": exit_code, "error": message})
+    else:
         print(f"runner: error: {message}\nrunner: {final}", file=sys.stderr, flush=True)
-        return
-    log.error("error: %s", message)
-    _emit(final, {"event": "summary", "exit_code": exit_code, "error": message})

@@ -174,6 +174,12 @@ def test_bad_usage_ends_with_a_final_line(tmp_path: Path) -> None:
     lines = done.stderr.splitlines()
     assert lines[-2].startswith("runner: error: no model")
     assert lines[-1] == "runner: exit 2: nothing was sent; fix the above"
+    json_done = subprocess.run(
+        [*command, "--log-format", "json"], capture_output=True, text=True, timeout=DEADLINE_S
+    )
+    *_, error, final = (json.loads(line) for line in json_done.stderr.splitlines())
+    assert error["level"] == "error" and "no model" in error["message"]
+    assert final["event"] == "summary" and final["exit_code"] == json_done.returncode == 2
 
 
 @pytest.mark.parametrize(
