@@ -156,6 +156,8 @@ class InputReader:
 
     def check(self) -> None:
         """Raise `InputFileError` if the file cannot be used at all; set `columns`."""
+        if self.path.is_dir():  # before the extension: "folder" is a directory, not a format
+            raise InputFileError(f"{self.path}: is a directory, not an input file")
         self.fmt = detect_format(self.path, self.fmt)
         if self.fmt is InputFormat.CSV:
             with self._open_csv() as f:

@@ -413,11 +413,6 @@ def test_unusable_input_or_job_stops_before_any_request(stopped_runs, case: str)
     assert not (cwd / "out").exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="inputs.detect_format judges the extension before opening: a directory "
-    "named without .csv/.jsonl is called an unknown format, not a directory",
-)
 def test_directory_without_extension_is_named_a_directory(tmp_path: Path, mock: MockServer) -> None:
     _setup_files(tmp_path)
     done = runner(tmp_path, *run_args(mock, "--input", "folder"))
