@@ -57,7 +57,7 @@ def build_finished_run(root: Path, rows: int) -> tuple[Path, Path]:
             )
             if store.flush_due():
                 store.flush()
-        store.compact(set())
+        store.compact()
     return input_path, root / "out"
 
 

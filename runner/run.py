@@ -110,6 +110,14 @@ def resume_command(argv: tuple[str, ...], run_id: str) -> str:
     return shlex.join(["runner", *kept, "--run-id", run_id])
 
 
+@dataclass(slots=True)
+class InputSeen:
+    """How far the producer read the input: compaction drops rows past its end."""
+
+    last_line: int = 0
+    complete: bool = False
+
+
 class _Previous:
     """What earlier runs of this run id left on disk: the rows to skip, attempts so far.
 
@@ -240,7 +248,7 @@ def _execute_in(
 
     control = StopControl()
     limiter = RateLimiter(job.limits)
-    invalid_lines: set[int] = set()
+    seen = InputSeen()
     if nothing_left:
         # Every row is already ok with an unchanged request: no client, no pool.
         stats.skipped = stats.total_rows or 0
@@ -259,10 +267,10 @@ def _execute_in(
             previous,
             stats,
             control,
-            invalid_lines,
+            seen,
         )
         if exit_code in (EXIT_OK, EXIT_SOME_FAILED):
-            store.compact(invalid_lines)
+            store.compact(seen.last_line if seen.complete else None)
         else:
             store.flush()
     summary = summarize(store, stats, exit_code)
@@ -291,7 +299,7 @@ async def _drive(
     previous: _Previous,
     stats: RunStats,
     control: StopControl,
-    invalid_lines: set[int],
+    seen: InputSeen,
 ) -> int:
     concurrency = job.limits.concurrency
     send, receive = anyio.create_memory_object_stream[WorkItem](concurrency * 2)
@@ -331,7 +339,7 @@ async def _drive(
                         store,
                         stats,
                         control,
-                        invalid_lines,
+                        seen,
                     )
                     for _ in range(concurrency):
                         workers.start_soon(pool.worker, receive.clone())
@@ -354,12 +362,12 @@ async def _produce(
     store: RunStore,
     stats: RunStats,
     control: StopControl,
-    invalid_lines: set[int],
+    seen: InputSeen,
 ) -> None:
     async with send:
         for requests, invalid_rows in _batches(reader, renderer, limit, previous.batch):
+            seen.last_line = max(seen.last_line, *(r.line for r in (*requests, *invalid_rows)))
             for item in invalid_rows:
-                invalid_lines.add(item.line)
                 log.warning("%s:%d: %s", reader.path, item.line, item.reason)
                 result = RowResult(
                     id=item.id,
@@ -378,6 +386,7 @@ async def _produce(
                 if control.stopping:
                     return
                 await send.send(work)
+        seen.complete = limit is None
 
 
 async def _flush_periodically(store: RunStore) -> None:
@@ -409,32 +418,49 @@ async def _watch_signals(control: StopControl, grace: float) -> None:
 
 def summarize(store: RunStore, stats: RunStats, exit_code: int) -> dict[str, Any]:
     """summary.json: the whole run id's totals from disk, plus this session's figures."""
-    usage_columns = [
+    usage = [
         "input_tokens",
         "output_tokens",
         "cache_creation_input_tokens",
         "cache_read_input_tokens",
     ]
-    results = store.read_results(columns=["id", "status", "cost_usd", *usage_columns])
+    # Aggregated lazily, so a compacted million-row run is summed without being loaded.
     by_status = {s.value: 0 for s in Status}
-    for status, count in results.group_by("status").len().iter_rows():
+    counts = store.scan_results().group_by("status").len().collect(engine="streaming")
+    for status, count in counts.iter_rows():
         by_status[status] = count
-    ok = results.filter(pl.col("status") == Status.OK.value)
-    tokens = {name: int(ok[name].sum() or 0) for name in usage_columns}
-    attempts = store.read_attempts()
-    failed = attempts.filter(pl.col("outcome") != "ok")
+    ok = (
+        store.scan_results()
+        .filter(pl.col("status") == Status.OK.value)
+        .select(pl.col("cost_usd").sum(), *(pl.col(name).sum() for name in usage))
+        .collect(engine="streaming")
+        .row(0, named=True)
+    )
+    attempts = (
+        store.scan_attempts()
+        .select(
+            pl.len().alias("attempts"),
+            (pl.col("outcome") != "ok").sum().alias("failed"),
+            *(
+                pl.col(name).filter(pl.col("outcome") != "ok").sum().alias(name)
+                for name in ("cost_usd", "input_tokens", "output_tokens")
+            ),
+        )
+        .collect(engine="streaming")
+        .row(0, named=True)
+    )
     return {
         "exit_code": exit_code,
-        "rows": {**by_status, "total": results.height},
-        "tokens": tokens,
-        "cost_usd": round(float(ok["cost_usd"].sum() or 0.0), 6),
+        "rows": {**by_status, "total": sum(by_status.values())},
+        "tokens": {name: int(ok[name] or 0) for name in usage},
+        "cost_usd": round(float(ok["cost_usd"] or 0.0), 6),
         "retries": {
-            "failed_attempts": failed.height,
-            "cost_usd": round(float(failed["cost_usd"].sum() or 0.0), 6),
-            "input_tokens": int(failed["input_tokens"].sum() or 0),
-            "output_tokens": int(failed["output_tokens"].sum() or 0),
+            "failed_attempts": int(attempts["failed"] or 0),
+            "cost_usd": round(float(attempts["cost_usd"] or 0.0), 6),
+            "input_tokens": int(attempts["input_tokens"] or 0),
+            "output_tokens": int(attempts["output_tokens"] or 0),
         },
-        "attempts": attempts.height,
+        "attempts": int(attempts["attempts"] or 0),
         "this_session": {
             "rows_done": stats.done,
             "rows_skipped": stats.skipped,

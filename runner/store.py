@@ -35,12 +35,14 @@ from typing import Any
 import polars as pl
 
 from runner.errors import RunDirError
-from runner.models import Attempt, RowResult, Status
+from runner.models import Attempt, RowResult
 
 log = logging.getLogger("runner")
 
 PART_ROWS = 1000
 PART_SECONDS = 2.0
+# Compaction rewrites the results this many input lines at a time (bounded memory).
+COMPACT_LINES = 20_000
 
 RESULT_SCHEMA: dict[str, Any] = {
     "id": pl.String,
@@ -315,99 +317,138 @@ class RunStore:
 
     # ---- reading --------------------------------------------------------
 
+    def _read_part(self, path: Path, columns: list[str] | None = None) -> pl.DataFrame | None:
+        """A results part with its state columns beside it, or None if it is damaged."""
+        try:
+            results = pl.read_parquet(path, columns=columns)
+            state = pl.read_parquet(self.state_dir / path.name)
+        except Exception as exc:  # polars raises several types for a damaged file
+            log.warning("ignoring unreadable part %s: %s; its rows will be sent again", path, exc)
+            return None
+        if results.height != state.height:
+            log.warning("ignoring part %s: its state does not match; rows will be sent again", path)
+            return None
+        return pl.concat([results, state], how="horizontal")
+
+    def _spans(self) -> tuple[list[tuple[Path, int, int]], bool]:
+        """Each readable part's (path, first line, last line), and whether they are compacted.
+
+        Compacted means each part is in line order and starts after the previous one ends,
+        so reading them in turn gives every row once, in input order.
+        """
+        spans: list[tuple[Path, int, int]] = []
+        compacted, previous_end = True, 0
+        for path, _ in self._parts(self.results_dir):
+            part = self._read_part(path, columns=["id"])
+            if part is None:
+                compacted = False
+                continue
+            lines = part["line"]
+            if lines.is_empty():
+                continue
+            low, high = int(lines.min()), int(lines.max())  # type: ignore[arg-type]
+            compacted = compacted and lines.is_sorted() and low > previous_end
+            previous_end = high
+            spans.append((path, low, high))
+        return spans, compacted
+
     def read_results(
         self, with_state: bool = False, columns: list[str] | None = None
     ) -> pl.DataFrame:
-        """The latest version of every row on disk, in input order (only `columns` if given)."""
+        """The latest outcome of every input line on disk, in input order (only `columns`)."""
         wanted = list(RESULT_SCHEMA) if columns is None else list(columns)
-        read = list(dict.fromkeys(["id", "status", *wanted]))
-        frames = []
-        for path, _ in self._parts(self.results_dir):
-            try:
-                results = pl.read_parquet(path, columns=read)
-                state = pl.read_parquet(self.state_dir / path.name)
-            except Exception as exc:  # polars raises several types for a damaged file
-                log.warning(
-                    "ignoring unreadable part %s: %s; its rows will be sent again", path, exc
-                )
-                continue
-            if results.height != state.height:
-                log.warning(
-                    "ignoring part %s: its state does not match; rows will be sent again", path
-                )
-                continue
-            # Parts are read in number order, so "keep last" below means "latest part wins".
-            frames.append(pl.concat([results, state], how="horizontal"))
+        frames = [
+            frame
+            for path, _ in self._parts(self.results_dir)
+            if (frame := self._read_part(path, columns=wanted)) is not None
+        ]
         selected = wanted + (list(STATE_SCHEMA) if with_state else [])
         if not frames:
             return pl.DataFrame(schema=RESULT_SCHEMA | STATE_SCHEMA).select(selected)
-        if len(frames) == 1 and frames[0]["line"].is_sorted():
-            # One part in input order (a compacted run): nothing to dedupe or sort.
-            return frames[0].select(selected)
-        key = (
-            pl.when(pl.col("status") == Status.INVALID.value)
-            .then(pl.lit("\x00") + pl.col("line").cast(pl.String))
-            .otherwise(pl.col("id"))
-        )
+        # A row is an input line: parts are read in number order, so keeping the last
+        # version of each line keeps the latest outcome.
         return (
             pl.concat(frames, how="vertical_relaxed")
-            .with_columns(key.alias("_key"))
-            .unique(subset=["_key"], keep="last", maintain_order=True)
+            .unique(subset=["line"], keep="last", maintain_order=True)
             .sort("line", maintain_order=True)
             .select(selected)
         )
 
-    def read_attempts(self, columns: list[str] | None = None) -> pl.DataFrame:
-        """Every attempt on disk, once each (only `columns` if given)."""
-        key = ["id", "attempt", "started_at"]
-        read = None if columns is None else list(dict.fromkeys([*key, *columns]))
-        frames = []
+    def scan_results(self) -> pl.LazyFrame:
+        """The results as a lazy frame: streamed from disk when compacted, else deduplicated."""
+        spans, compacted = self._spans()
+        if compacted and spans:
+            return pl.scan_parquet([path for path, _, _ in spans])
+        return self.read_results().lazy()
+
+    def scan_attempts(self) -> pl.LazyFrame:
+        """Every attempt on disk, streamed from its parts (attempts are never rewritten)."""
+        paths = []
         for path, _ in self._parts(self.attempts_dir):
             try:
-                frames.append(pl.read_parquet(path, columns=read))
+                pl.read_parquet_schema(path)
+                paths.append(path)
             except Exception as exc:  # polars raises several types for a damaged file
                 log.warning("ignoring unreadable part %s: %s", path, exc)
-        if not frames:
-            return pl.DataFrame(schema=ATTEMPT_SCHEMA).select(read or list(ATTEMPT_SCHEMA))
-        # The same attempt can be in two parts only if a crash hit a compaction midway.
-        frame = pl.concat(frames, how="vertical_relaxed")
-        if len(frames) > 1:
-            frame = frame.unique(subset=key, keep="first", maintain_order=True)
-        return frame if columns is None else frame.select(columns)
+        if not paths:
+            return pl.LazyFrame(schema=ATTEMPT_SCHEMA)
+        return pl.scan_parquet(paths)
 
-    def compact(self, invalid_lines: set[int] | None = None) -> None:
-        """Rewrite every part as one, keeping the latest outcome of each row, then drop the rest.
+    def read_attempts(self, columns: list[str] | None = None) -> pl.DataFrame:
+        """Every attempt on disk (only `columns` if given)."""
+        frame = self.scan_attempts()
+        return (frame if columns is None else frame.select(columns)).collect()
 
-        Invalid rows are kept only where this run found them (`invalid_lines`), since an
-        earlier run's invalid rows may describe a file that has since changed.
+    def compact(self, last_line: int | None = None) -> None:
+        """Rewrite the results as parts of `COMPACT_LINES` lines each, in input order.
+
+        Memory stays bounded by one range of lines whatever the run's size. Rows past
+        `last_line` (the input has since got shorter) are dropped. The old parts are
+        deleted only once every new one is on disk; a reader in between sees the same
+        rows, since the newer part of a line wins. Attempts are a log and stay as written.
         """
         self.flush()
-        old = self._parts(self.results_dir) + self._parts(self.attempts_dir)
-        if not old:  # even one part is rewritten: it holds rows in completion order
+        spans, compacted = self._spans()
+        if not spans:
             return
-        results = self.read_results(with_state=True)
-        if invalid_lines is not None:
-            results = results.filter(
-                (pl.col("status") != Status.INVALID.value)
-                | pl.col("line").is_in(list(invalid_lines))
-            )
-        attempts = self.read_attempts()
+        beyond = last_line is not None and max(high for _, _, high in spans) > last_line
+        if compacted and not beyond:
+            return
+        end_line = max(high for _, _, high in spans)
+        if last_line is not None:
+            end_line = min(end_line, last_line)
         number = self._segment
-        name = f"part-{number:06d}.parquet"
-        _write_parquet_atomic(attempts, self.attempts_dir / name)
-        _write_parquet_atomic(results.select(list(STATE_SCHEMA)), self.state_dir / name)
-        _write_parquet_atomic(results.select(list(RESULT_SCHEMA)), self.results_dir / name)
-        for directory in (self.attempts_dir, self.state_dir, self.results_dir):
+        first_new = number
+        for start in range(min(low for _, low, _ in spans), end_line + 1, COMPACT_LINES):
+            stop = min(start + COMPACT_LINES, end_line + 1)
+            frames = []
+            for path, low, high in spans:
+                if high >= start and low < stop:
+                    part = self._read_part(path)
+                    if part is not None:
+                        frames.append(part.filter(pl.col("line").is_between(start, stop - 1)))
+            if not frames:
+                continue
+            chunk = (
+                pl.concat(frames, how="vertical_relaxed")
+                .unique(subset=["line"], keep="last", maintain_order=True)
+                .sort("line")
+            )
+            name = f"part-{number:06d}.parquet"
+            _write_parquet_atomic(chunk.select(list(STATE_SCHEMA)), self.state_dir / name)
+            _write_parquet_atomic(chunk.select(list(RESULT_SCHEMA)), self.results_dir / name)
+            number += 1
+        for directory in (self.state_dir, self.results_dir):
             _fsync_dir(directory)
-        for path, n in old:
-            if n < number:
-                path.unlink(missing_ok=True)
+        for path, n in self._parts(self.results_dir):
+            if n < first_new:
+                path.unlink()
                 (self.state_dir / path.name).unlink(missing_ok=True)
-        # The open segment keeps its number; the next part must not collide with the compacted one.
-        assert self._segment_fd is not None
+        # The open (empty) segment's number may now name a compacted part: move past them.
+        assert self._segment_fd is not None, "store is not open"
         os.close(self._segment_fd)
-        (self.journal_dir / f"segment-{number:06d}.jsonl").unlink(missing_ok=True)
-        self._segment = number + 1
+        (self.journal_dir / f"segment-{self._segment:06d}.jsonl").unlink(missing_ok=True)
+        self._segment = max(number, self._segment + 1)
         self._open_segment()
 
 

@@ -1,0 +1,109 @@
+"""The run store alone: parts, journal recovery, compaction in line ranges."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import random
+import shutil
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+import runner.store as store_module
+from runner.models import RowResult, Status, Usage
+from runner.store import RunStore, open_store
+
+
+def _row(line: int, text: str, status: Status = Status.OK) -> RowResult:
+    return RowResult(
+        id=f"id{line:04d}",
+        line=line,
+        status=status,
+        model="m",
+        fingerprint="f",
+        output_text=text if status is Status.OK else None,
+        usage=Usage(input_tokens=line, output_tokens=1) if status is Status.OK else None,
+        attempts=1,
+    )
+
+
+def _write_session(run_dir: Path, rows: list[RowResult], per_part: int) -> None:
+    with open_store(run_dir) as store:
+        for i, row in enumerate(rows):
+            store.record(row, [])
+            if i % per_part == per_part - 1:
+                store.flush()
+
+
+@pytest.fixture
+def small_ranges(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(store_module, "COMPACT_LINES", 7)
+
+
+def test_compaction_keeps_the_latest_outcome_per_line_in_input_order(
+    tmp_path: Path, small_ranges: None
+) -> None:
+    lines = list(range(1, 41))
+    random.Random(3).shuffle(lines)  # rows finish out of order
+    _write_session(tmp_path, [_row(n, "first", Status.ERROR) for n in lines], per_part=6)
+    _write_session(tmp_path, [_row(n, "second") for n in (5, 17, 33)], per_part=2)
+    before = RunStore(tmp_path).read_results(with_state=True)
+
+    with open_store(tmp_path) as store:
+        store.compact(last_line=40)
+    parts = sorted((tmp_path / "results").glob("part-*.parquet"))
+    assert len(parts) == 6  # 40 lines in ranges of 7
+    on_disk = pl.read_parquet([str(p) for p in parts])
+    assert on_disk["id"].to_list() == [f"id{n:04d}" for n in range(1, 41)]
+    assert on_disk.filter(pl.col("status") == "ok")["id"].to_list() == [
+        "id0005",
+        "id0017",
+        "id0033",
+    ]
+    assert RunStore(tmp_path).read_results(with_state=True).equals(before)
+
+
+def test_rows_past_the_end_of_a_shorter_input_are_dropped(
+    tmp_path: Path, small_ranges: None
+) -> None:
+    _write_session(tmp_path, [_row(n, "x") for n in range(1, 21)], per_part=5)
+    with open_store(tmp_path) as store:
+        store.compact(last_line=12)
+    assert RunStore(tmp_path).read_results()["id"].to_list() == [f"id{n:04d}" for n in range(1, 13)]
+
+
+def test_a_crash_between_writing_and_deleting_changes_nothing(
+    tmp_path: Path, small_ranges: None
+) -> None:
+    _write_session(tmp_path, [_row(n, "x") for n in reversed(range(1, 30))], per_part=4)
+    saved = tmp_path.parent / "saved"
+    shutil.copytree(tmp_path, saved)
+    expected = RunStore(tmp_path).read_results(with_state=True)
+    with open_store(tmp_path) as store:
+        store.compact(last_line=29)
+    # Put the old parts back beside the compacted ones, as if the deletes never happened.
+    for folder in ("results", "state"):
+        for part in (saved / folder).glob("part-*.parquet"):
+            shutil.copy(part, tmp_path / folder / part.name)
+    assert RunStore(tmp_path).read_results(with_state=True).equals(expected)
+
+
+def test_a_journal_left_by_a_crash_becomes_a_part(tmp_path: Path) -> None:
+    store = RunStore(tmp_path)
+    store.open()
+    for n in range(1, 4):
+        store.record(_row(n, "kept"), [])
+    # Simulate kill -9: the process is gone without closing (its flock goes with it).
+    assert store._lock_fd is not None
+    fcntl.flock(store._lock_fd, fcntl.LOCK_UN)
+    os.close(store._lock_fd)
+    assert store._segment_fd is not None
+    os.close(store._segment_fd)
+    with open(tmp_path / "journal" / "segment-000001.jsonl", "ab") as fh:
+        fh.write(b'{"r": {"id": "torn')  # a write cut short
+    with open_store(tmp_path) as recovered:
+        results = recovered.read_results()
+    assert results["output_text"].to_list() == ["kept"] * 3
+    assert not list((tmp_path / "journal").glob("*.jsonl"))
