@@ -5,21 +5,23 @@ Wire rules (https://docs.anthropic.com/en/docs/build-with-claude/streaming):
 and the *cumulative* output tokens (so the last one wins, never a sum); `ping` and
 unknown event types are ignored; an `error` event can arrive after the 200.
 
-The hot path was cut by profiling (bench/README.md): events stay bytes until one is needed,
-only the data of the four events that carry facts is JSON-decoded, and the body is read to
-its end after `message_stop` so httpcore keeps the connection for the next request.
+The hot path was cut by profiling (bench/README.md): only the data of the four events that
+carry facts is JSON-decoded, and the body is read to its end after `message_stop` so
+httpcore keeps the connection for the next request.
 """
 
 from __future__ import annotations
 
 import email.utils
 import json
+import os
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
+from httpx_sse import EventSource, SSEError
 
 from runner.errors import (
     ApiError,
@@ -64,15 +66,24 @@ def api_headers(api_key: str) -> dict[str, str]:
 
 
 def new_http_client(concurrency: int, idle_timeout: float) -> httpx.AsyncClient:
-    """One client for the run: connection pools that fit the concurrency.
+    """One client for the run: a connection pool that fits the concurrency.
 
     httpx's read timeout applies to each read, so it is exactly an idle timeout
     between bytes of the stream (pings count as activity), never a total one.
     """
-    return httpx.AsyncClient(
-        timeout=httpx.Timeout(connect=30.0, read=idle_timeout, write=60.0, pool=None),
-        transport=ShardedTransport(concurrency),
-    )
+    timeout = httpx.Timeout(connect=30.0, read=idle_timeout, write=60.0, pool=None)
+    if any(os.environ.get(name) for name in _PROXY_VARIABLES):
+        # httpx honours proxy variables only with its own transport: correctness first.
+        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+        return httpx.AsyncClient(timeout=timeout, limits=limits)
+    return httpx.AsyncClient(timeout=timeout, transport=ShardedTransport(concurrency))
+
+
+_PROXY_VARIABLES = tuple(
+    case(name)
+    for name in ("HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY")
+    for case in (str.upper, str.lower)
+)
 
 
 class ShardedTransport(httpx.AsyncBaseTransport):
@@ -154,64 +165,6 @@ def parse_retry_after(headers: httpx.Headers) -> float | None:
     except (TypeError, ValueError):
         return None
     return max(0.0, when.timestamp() - time.time())
-
-
-class SseDecoder:
-    """Bytes of an event stream -> (event, data) pairs, both bytes, with no per-line objects.
-
-    Follows https://html.spec.whatwg.org/multipage/server-sent-events.html#event-stream-interpretation:
-    lines end in CRLF, LF or CR; a blank line dispatches the event; a line starting with ':'
-    is a comment; one space after the colon is dropped; data lines join with LF; an event
-    without data is not dispatched; its type defaults to "message"; a leading BOM is dropped;
-    a block not ended by a blank line when the stream ends is discarded.
-    """
-
-    __slots__ = ("_buffer", "_started")
-
-    def __init__(self) -> None:
-        self._buffer = b""
-        self._started = False
-
-    def feed(self, chunk: bytes) -> list[tuple[bytes, bytes]]:
-        """The events completed by `chunk`, in order."""
-        buffer = self._buffer + chunk if self._buffer else chunk
-        if not self._started and buffer:
-            if len(buffer) < 3 and b"\xef\xbb\xbf".startswith(buffer):
-                self._buffer = buffer  # maybe a BOM cut across reads
-                return []
-            self._started = True
-            if buffer.startswith(b"\xef\xbb\xbf"):
-                buffer = buffer[3:]
-        if b"\r" in buffer:
-            # A CR at the end may be the first half of a CRLF: keep it for the next read.
-            held = b"\r" if buffer.endswith(b"\r") else b""
-            buffer = buffer[: len(buffer) - len(held)].replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-        else:
-            held = b""
-        blocks = buffer.split(b"\n\n")
-        self._buffer = blocks.pop() + held
-        return [event for block in blocks if (event := _parse_block(block)) is not None]
-
-    def finish(self) -> list[tuple[bytes, bytes]]:
-        """The event completed by a CR held back at the very end of the stream."""
-        return self.feed(b"\n") if self._buffer.endswith(b"\r") else []
-
-
-def _parse_block(block: bytes) -> tuple[bytes, bytes] | None:
-    event = b"message"
-    data: list[bytes] = []
-    for line in block.split(b"\n"):
-        name, _, value = line.partition(b":")
-        if value[:1] == b" ":
-            value = value[1:]
-        if name == b"data":
-            data.append(value)
-        elif name == b"event":
-            event = value or b"message"
-        # comments (empty name), id, retry and unknown fields: nothing a Messages stream needs.
-    if not data:
-        return None
-    return event, data[0] if len(data) == 1 else b"\n".join(data)
 
 
 class _UsageTracker:
@@ -296,38 +249,37 @@ class _Reading:
         self.ttft_ms: float | None = None
         self.stop_reason: str | None = None
 
-    def on_events(self, events: list[tuple[bytes, bytes]]) -> Completion | None:
-        """Take in decoded events; the Completion once `message_stop` is among them."""
-        for kind, data in events:
-            # Only the four events that carry facts are JSON-decoded (json.loads takes bytes).
-            if kind == b"content_block_delta":
-                delta = json.loads(data).get("delta", {})
-                if delta.get("type") == "text_delta":
-                    if self.ttft_ms is None:
-                        self.ttft_ms = (time.perf_counter() - self.started) * 1000.0
-                    self.text.append(delta["text"])
-            elif kind == b"message_start":
-                self.tracker.start(json.loads(data).get("message", {}).get("usage") or {})
-            elif kind == b"message_delta":
-                fields = json.loads(data)
-                self.tracker.delta(fields.get("usage") or {})
-                self.stop_reason = (fields.get("delta") or {}).get("stop_reason", self.stop_reason)
-            elif kind == b"message_stop":
-                return Completion(
-                    text="".join(self.text),
-                    stop_reason=self.stop_reason,
-                    usage=self.tracker.usage(),
-                    request_id=self.request_id,
-                    ttft_ms=self.ttft_ms,
-                    latency_ms=(time.perf_counter() - self.started) * 1000.0,
-                )
-            elif kind == b"error":
-                error_type, message, _ = _error_body(data.decode("utf-8", "replace"))
-                raise MidstreamError(
-                    f"error event mid-stream: {error_type}: {message}",
-                    self.facts(Outcome.MIDSTREAM_ERROR, error_type or "error_event"),
-                )
-            # ping, content_block_start/stop and unknown event types: nothing to do.
+    def on_event(self, kind: str, data: str) -> Completion | None:
+        """Take in one event; the Completion once it is `message_stop`."""
+        # Only the four events that carry facts are JSON-decoded.
+        if kind == "content_block_delta":
+            delta = json.loads(data).get("delta", {})
+            if delta.get("type") == "text_delta":
+                if self.ttft_ms is None:
+                    self.ttft_ms = (time.perf_counter() - self.started) * 1000.0
+                self.text.append(delta["text"])
+        elif kind == "message_start":
+            self.tracker.start(json.loads(data).get("message", {}).get("usage") or {})
+        elif kind == "message_delta":
+            fields = json.loads(data)
+            self.tracker.delta(fields.get("usage") or {})
+            self.stop_reason = (fields.get("delta") or {}).get("stop_reason", self.stop_reason)
+        elif kind == "message_stop":
+            return Completion(
+                text="".join(self.text),
+                stop_reason=self.stop_reason,
+                usage=self.tracker.usage(),
+                request_id=self.request_id,
+                ttft_ms=self.ttft_ms,
+                latency_ms=(time.perf_counter() - self.started) * 1000.0,
+            )
+        elif kind == "error":
+            error_type, message, _ = _error_body(data)
+            raise MidstreamError(
+                f"error event mid-stream: {error_type}: {message}",
+                self.facts(Outcome.MIDSTREAM_ERROR, error_type or "error_event"),
+            )
+        # ping, content_block_start/stop and unknown event types: nothing to do.
         return None
 
     def facts(self, outcome: Outcome, error_type: str | None = None) -> AttemptFacts:
@@ -364,20 +316,11 @@ async def stream_message(
             if response.status_code != 200:
                 body = (await response.aread()).decode("utf-8", "replace")
                 raise _http_error(response, body, started)
-            content_type = response.headers.get("content-type", "")
-            if content_type.partition(";")[0].strip().lower() != "text/event-stream":
-                raise DroppedError(
-                    f"expected an event stream, got content-type {content_type!r}",
-                    reading.facts(Outcome.DROPPED, "dropped"),
-                )
-            decoder = SseDecoder()
-            async for chunk in response.aiter_bytes():
+            async for sse in EventSource(response).aiter_sse():
                 # After message_stop the rest of the body is still read: httpcore returns a
                 # connection to its pool only once the response is complete, else it closes it.
                 if completion is None:
-                    completion = reading.on_events(decoder.feed(chunk))
-            if completion is None:
-                completion = reading.on_events(decoder.finish())
+                    completion = reading.on_event(sse.event, sse.data)
     except ApiError:
         raise
     except httpx.TimeoutException as exc:
@@ -392,7 +335,7 @@ async def stream_message(
             "stream stalled: no data for the idle timeout",
             reading.facts(Outcome.STALLED, "stalled"),
         ) from None
-    except httpx.TransportError as exc:
+    except (httpx.TransportError, SSEError) as exc:
         if completion is not None:
             return completion
         if not got_headers:
@@ -404,7 +347,7 @@ async def stream_message(
             f"stream broken: {type(exc).__name__}: {exc}",
             reading.facts(Outcome.DROPPED, "dropped"),
         ) from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:  # json.loads on bad bytes
+    except json.JSONDecodeError as exc:
         raise DroppedError(
             f"stream sent invalid JSON: {exc}", reading.facts(Outcome.DROPPED, "invalid_event")
         ) from None
