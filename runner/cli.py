@@ -90,7 +90,14 @@ def cli(debug: bool) -> None:
 def main() -> None:
     """The `runner` command: a bug shows as one line unless --debug asks for the traceback."""
     try:
-        cli(standalone_mode=True)
+        cli(standalone_mode=False)
+    except click.exceptions.Abort:
+        # Ctrl-C before the run's own signal handling started: nothing was sent yet.
+        click.echo("runner: interrupted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
     except Exception as exc:
         if _debug:
             raise
