@@ -91,7 +91,10 @@ LEARN_DECREASE = 0.9
 LEARN_INCREASE = 0.02
 LEARN_ACCELERATION = 0.01
 LEARN_WINDOW_S = 10.0
-LEARN_MIN_HISTORY_S = 3.0
+LEARN_MIN_HISTORY_S = 2.0
+# At most one cut this often: 429s that are not about our rate (a proxy's, a fault's) must
+# not ratchet the rate down faster than it grows back.
+LEARN_MIN_CUT_INTERVAL_S = 3.0
 LEARN_MIN_OK = 4
 LEARN_FLOOR = 1.0 / 60.0  # one request a minute
 
@@ -109,7 +112,7 @@ class RateLearner:
     def __init__(self) -> None:
         self.rate: float | None = None  # requests per second; None before any 429
         self._base = 0.0  # the rate set at the last 429, the increase's unit
-        self._cut_at = 0.0
+        self._cut_at: float | None = None
         self._accepted: deque[float] = deque()
 
     def success(self, now: float) -> None:
@@ -121,21 +124,27 @@ class RateLearner:
     def overloaded(self, now: float, started: float) -> float | None:
         """A 429: go a little under the rate the server accepted lately; returns the new rate.
 
-        With too few successes to measure anything the rate is left as it was (the
-        pause and the concurrency cap do the slowing down).
+        Pauses count in the window: the server refilled during them, and what it refilled
+        was accepted after. With too few successes to measure anything the rate is left
+        as it was (the pause and the concurrency cap do the slowing down); one cut at most
+        halves it, so 429s that are not about our rate cannot collapse it.
         """
-        while self._accepted and self._accepted[0] < now - LEARN_WINDOW_S:
+        if self._cut_at is not None and now - self._cut_at < LEARN_MIN_CUT_INTERVAL_S:
+            return self.rate
+        start = max(started, now - LEARN_WINDOW_S)
+        while self._accepted and self._accepted[0] < start:
             self._accepted.popleft()
-        history = now - started
-        if len(self._accepted) >= LEARN_MIN_OK and history >= LEARN_MIN_HISTORY_S:
-            window = min(LEARN_WINDOW_S, history)
-            self._base = max(LEARN_FLOOR, LEARN_DECREASE * len(self._accepted) / window)
+        if len(self._accepted) >= LEARN_MIN_OK and now - started >= LEARN_MIN_HISTORY_S:
+            rate = LEARN_DECREASE * len(self._accepted) / (now - start)
+            if self.rate is not None:
+                rate = max(rate, self.rate / 2)
+            self._base = max(LEARN_FLOOR, rate)
             self.rate, self._cut_at = self._base, now
         return self.rate
 
     def advance(self, now: float) -> None:
         """Increase: probe further above the last cut the longer no 429 comes."""
-        if self.rate is not None:
+        if self.rate is not None and self._cut_at is not None:
             t = max(0.0, now - self._cut_at)
             self.rate = self._base * (1 + LEARN_INCREASE * t + LEARN_ACCELERATION * t * t)
 

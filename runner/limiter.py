@@ -32,8 +32,9 @@ from runner.models import Request, Usage
 METERS = ("rpm", "itpm", "otpm")
 # The header names of each meter: anthropic-ratelimit-{name}-limit/-remaining/-reset.
 _HEADER_NAMES = {"rpm": "requests", "itpm": "input-tokens", "otpm": "output-tokens"}
-# A run starts with this many requests in flight and adds one per success (slow start).
-START_CONCURRENCY = 4
+# A run starts with one request in flight (its answer may bring the limits in headers)
+# and adds one per success (slow start: doubling each round trip).
+START_CONCURRENCY = 1
 CONCURRENCY_DECREASE = 0.7
 # Without a retry-after, a 429 or 529 pauses the pool this long.
 DEFAULT_COOLDOWN_S = 1.0

@@ -82,15 +82,20 @@ def test_backoff_cuts_multiplicatively_and_recovers_linearly() -> None:
 
 def test_learner_goes_just_under_the_rate_the_server_accepted() -> None:
     learner = RateLearner()
-    for i in range(20):
+    for i in range(15):
         learner.success(i * 0.1)
-    assert learner.overloaded(2.0, started=0.0) is None  # too little history to measure
-    for i in range(20, 100):
+    assert learner.overloaded(1.5, started=0.0) is None  # too little history to measure
+    for i in range(15, 100):
         learner.success(i * 0.1)  # the server accepts ten a second
     rate = learner.overloaded(10.0, started=0.0)
     assert rate == pytest.approx(9.0, rel=0.05)
+    assert learner.overloaded(11.0, started=0.0) == rate  # one cut per interval at most
     learner.advance(15.0)
     assert learner.rate is not None and learner.rate > rate  # probing upward again
+    for i in range(150, 160):
+        learner.success(i * 0.1)  # the server stalls: one success a second for 5 s
+    assert learner.overloaded(16.0, started=0.0) == pytest.approx(learner._base)
+    assert learner._base >= rate / 2  # one cut at most halves the rate
 
 
 # --- the limiter with a fake clock ----------------------------------------------------
@@ -242,16 +247,15 @@ def test_without_headers_or_limits_the_rate_is_learned_from_429s(tmp_path: Path)
     config = MockConfig(itpm=itpm, latency_ms=20, ratelimit_headers=False)
     with serve_in_thread(config) as server:
         _drain_input_tokens(server.base_url, itpm)
-        outcome = run_rows(tmp_path, server.base_url, _sized_rows(50, 400))
+        outcome = run_rows(tmp_path, server.base_url, _sized_rows(80, 400))
         served = _served(server.record.attempts())
     assert outcome.exit_code == 0  # every row made it: no 429 storm exhausted the retries
     refused = [a.status for a in served].count(429)
-    assert 0 < refused < len(served) / 2
+    assert 0 < refused < len(served) * 0.3
     rpm = outcome.summary["limiter"]["meters"]["rpm"]
     assert rpm["source"] == "learned"
-    row_tokens = served[-1].usage["input_tokens"]
-    true_rpm = itpm / row_tokens
-    assert true_rpm / 3 < rpm["limit"] < true_rpm * 3
+    true_rpm = itpm / served[-1].usage["input_tokens"]
+    assert true_rpm / 2 < rpm["limit"] < true_rpm * 2
 
 
 def test_a_429_pauses_the_whole_pool_for_its_retry_after(tmp_path: Path) -> None:
