@@ -94,7 +94,8 @@ LEARN_WINDOW_S = 10.0
 LEARN_MIN_HISTORY_S = 2.0
 # At most one cut this often: 429s that are not about our rate (a proxy's, a fault's) must
 # not ratchet the rate down faster than it grows back.
-LEARN_MIN_CUT_INTERVAL_S = 3.0
+LEARN_MIN_CUT_INTERVAL_S = 5.0
+LEARN_MAX_CUT = 0.7
 LEARN_MIN_OK = 4
 LEARN_FLOOR = 1.0 / 60.0  # one request a minute
 
@@ -114,30 +115,45 @@ class RateLearner:
         self._base = 0.0  # the rate set at the last 429, the increase's unit
         self._cut_at: float | None = None
         self._accepted: deque[float] = deque()
+        self._stalls: deque[tuple[float, float]] = deque()  # pauses not about our rate
 
     def success(self, now: float) -> None:
-        """A request the server accepted."""
+        """An attempt the server let through (whatever it answered after)."""
         self._accepted.append(now)
         while self._accepted and self._accepted[0] < now - LEARN_WINDOW_S:
             self._accepted.popleft()
 
+    def stalled(self, since: float, until: float) -> None:
+        """The pool pauses for a reason other than our rate (a 529): that time does not count."""
+        self._stalls.append((since, until))
+
+    def refused(self) -> None:
+        """The attempt just counted was refused (429 or 529): take it back."""
+        if self._accepted:
+            self._accepted.pop()
+
     def overloaded(self, now: float, started: float) -> float | None:
         """A 429: go a little under the rate the server accepted lately; returns the new rate.
 
-        Pauses count in the window: the server refilled during them, and what it refilled
-        was accepted after. With too few successes to measure anything the rate is left
-        as it was (the pause and the concurrency cap do the slowing down); one cut at most
-        halves it, so 429s that are not about our rate cannot collapse it.
+        A 429's pause counts in the window: the server refilled during it, and what it
+        refilled was accepted after; a 529's (the server busy, not our rate) does not.
+        With too few successes to measure anything the rate is left as it was (the pause
+        and the concurrency cap do the slowing down); one cut at most takes LEARN_MAX_CUT
+        of it, so 429s that are not about our rate cannot collapse it.
         """
         if self._cut_at is not None and now - self._cut_at < LEARN_MIN_CUT_INTERVAL_S:
             return self.rate
         start = max(started, now - LEARN_WINDOW_S)
         while self._accepted and self._accepted[0] < start:
             self._accepted.popleft()
+        while self._stalls and self._stalls[0][1] < start:
+            self._stalls.popleft()
+        stalled = sum(max(0.0, min(b, now) - max(a, start)) for a, b in self._stalls)
+        window = max(now - start - stalled, 1e-3)
         if len(self._accepted) >= LEARN_MIN_OK and now - started >= LEARN_MIN_HISTORY_S:
-            rate = LEARN_DECREASE * len(self._accepted) / (now - start)
+            rate = LEARN_DECREASE * len(self._accepted) / window
             if self.rate is not None:
-                rate = max(rate, self.rate / 2)
+                rate = max(rate, self.rate * LEARN_MAX_CUT)
             self._base = max(LEARN_FLOOR, rate)
             self.rate, self._cut_at = self._base, now
         return self.rate

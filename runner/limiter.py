@@ -33,7 +33,7 @@ METERS = ("rpm", "itpm", "otpm")
 # The header names of each meter: anthropic-ratelimit-{name}-limit/-remaining/-reset.
 _HEADER_NAMES = {"rpm": "requests", "itpm": "input-tokens", "otpm": "output-tokens"}
 # A run starts with one request in flight (its answer may bring the limits in headers)
-# and adds one per success (slow start: doubling each round trip).
+# and adds one per attempt ended (slow start: doubling each round trip).
 START_CONCURRENCY = 1
 CONCURRENCY_DECREASE = 0.7
 # Without a retry-after, a 429 or 529 pauses the pool this long.
@@ -144,6 +144,8 @@ class RateLimiter:
             return
         ticket.settled = True
         now = self._tick()
+        # Whatever the outcome, the server let it through; a 429 or 529 takes it back below.
+        self.learner.success(now)
         self.in_flight -= 1
         self._output_in_flight -= ticket.output_tokens
         if usage is None:
@@ -157,8 +159,8 @@ class RateLimiter:
             if ticket.estimated_input_tokens > 0:
                 self._input_factor.add(ticket.model, counted / ticket.estimated_input_tokens)
             self._output.add(ticket.model, usage.output_tokens)
-            self.learner.success(now)
-            self.concurrency = min(self.max_concurrency, self.concurrency + 1)
+        # Slow start: every attempt that ended opens one more slot (a 429 or 529 then cuts).
+        self.concurrency = min(self.max_concurrency, self.concurrency + 1)
         self._wake()
 
     def on_overloaded(self, status: int | None, retry_after_s: float | None) -> None:
@@ -166,8 +168,11 @@ class RateLimiter:
         now = self._tick()
         seconds = retry_after_s if retry_after_s is not None else DEFAULT_COOLDOWN_S
         new_event = now >= self._cooldown_until
+        if status != 429:
+            self.learner.stalled(max(now, self._cooldown_until), now + seconds)
         self._cooldown_until = max(self._cooldown_until, now + seconds)
         self.overloaded[status or 0] += 1
+        self.learner.refused()
         if new_event:
             # One decrease per pause: the 429s of requests already in flight are the same event.
             self.concurrency = max(1, int(self.concurrency * CONCURRENCY_DECREASE))
