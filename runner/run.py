@@ -426,12 +426,12 @@ def summarize(store: RunStore, stats: RunStats, exit_code: int) -> dict[str, Any
     ]
     # Aggregated lazily, so a compacted million-row run is summed without being loaded.
     by_status = {s.value: 0 for s in Status}
-    counts = store.scan_results().group_by("status").len().collect(engine="streaming")
+    results = store.scan_results()
+    counts = results.group_by("status").len().collect(engine="streaming")
     for status, count in counts.iter_rows():
         by_status[status] = count
     ok = (
-        store.scan_results()
-        .filter(pl.col("status") == Status.OK.value)
+        results.filter(pl.col("status") == Status.OK.value)
         .select(pl.col("cost_usd").sum(), *(pl.col(name).sum() for name in usage))
         .collect(engine="streaming")
         .row(0, named=True)

@@ -365,11 +365,14 @@ class RunStore:
         selected = wanted + (list(STATE_SCHEMA) if with_state else [])
         if not frames:
             return pl.DataFrame(schema=RESULT_SCHEMA | STATE_SCHEMA).select(selected)
+        frame = pl.concat(frames, how="vertical_relaxed")
+        steps = frame["line"].diff().drop_nulls()
+        if steps.is_empty() or steps.min() > 0:  # type: ignore[operator]
+            return frame.select(selected)  # compacted: every line once, in order already
         # A row is an input line: parts are read in number order, so keeping the last
         # version of each line keeps the latest outcome.
         return (
-            pl.concat(frames, how="vertical_relaxed")
-            .unique(subset=["line"], keep="last", maintain_order=True)
+            frame.unique(subset=["line"], keep="last", maintain_order=True)
             .sort("line", maintain_order=True)
             .select(selected)
         )
