@@ -348,10 +348,13 @@ def format_estimate(figures: dict[str, Any]) -> str:
     expected = "unknown (use --pilot K)" if out["expected"] is None else f"{out['expected']:,}"
     source = f" (from the {learned['source']} {learned['run_dir']})" if learned else ""
     lines.append(f"output tokens: expected {expected}{source}, max {out['max']:,}")
+    # A missing figure means no price when even the maximum has none, else an unknown output.
+    unknown = "n/a (no price for the model)" if figures["cost_usd"]["max"] is None else "unknown"
     for label, key in (("cost", "cost_usd"), ("batch cost", "batch_cost_usd")):
         c = figures[key]
         lines.append(
-            f"{label}: expected {_usd(c['expected'])}, min {_usd(c['min'])}, max {_usd(c['max'])}"
+            f"{label}: expected {_usd(c['expected'], unknown)}, min {_usd(c['min'], unknown)}, "
+            f"max {_usd(c['max'], unknown)}"
         )
     wall = figures["wall_time"]
     if wall["binding"] is None:
@@ -363,5 +366,5 @@ def format_estimate(figures: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _usd(value: float | None) -> str:
-    return "n/a (no price for the model)" if value is None else f"${value:,.4f}"
+def _usd(value: float | None, missing: str) -> str:
+    return missing if value is None else f"${value:,.4f}"
