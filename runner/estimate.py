@@ -37,7 +37,7 @@ from runner.models import InputRow, Request, Status, Usage
 from runner.pricing import PriceTable
 from runner.render import CHARS_PER_TOKEN, Renderer
 from runner.report import read_run_json
-from runner.run import RunOptions, execute
+from runner.run import RunOptions, execute, open_input
 from runner.store import RunStore
 
 log = logging.getLogger("runner")
@@ -85,11 +85,7 @@ def estimate(job: Job, options: EstimateOptions) -> dict[str, Any]:
     api_key = options.api_key or os.environ.get("ANTHROPIC_API_KEY")
     if not api_key and (not options.offline or options.pilot):
         raise UsageError("no API key: set ANTHROPIC_API_KEY, or use --offline without --pilot")
-    renderer = Renderer(job.request)
-    reader = InputReader(
-        job.input, fmt=job.input_format, id_column=job.id_column, columns_needed=renderer.columns
-    )
-    reader.check()
+    renderer, reader = open_input(job)
     prices = PriceTable.load(job.prices, job.price_overrides or None)
     pilot = None
     if options.pilot:

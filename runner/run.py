@@ -14,7 +14,6 @@ import os
 import platform
 import shlex
 import signal
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,12 +29,14 @@ from runner.errors import RunnerError, UsageError
 from runner.inputs import InputReader, count_records, input_fingerprint
 from runner.job import Job
 from runner.limiter import RateLimiter
-from runner.models import InputRow, InvalidRow, Request, RowResult, Status
+from runner.models import RowResult, Status
 from runner.pool import StopControl, WorkerPool, WorkItem
 from runner.pricing import PriceTable
 from runner.render import Renderer
+from runner.resume import DoneRows, batches
 from runner.stats import RunStats
 from runner.store import RunStore, open_store, write_json_atomic
+from runner.summary import summarize
 
 log = logging.getLogger("runner")
 
@@ -118,58 +119,14 @@ class InputSeen:
     complete: bool = False
 
 
-class _Previous:
-    """What earlier runs of this run id left on disk: the rows to skip, attempts so far.
-
-    Kept as Arrow tables and checked a batch at a time with a join, so resuming a
-    large run needs no per-row Python objects.
-    """
-
-    def __init__(self, store: RunStore) -> None:
-        results = store.read_results(with_state=True, columns=["id", "status"])
-        self.done = results.filter(pl.col("status") == Status.OK.value).select("id", "fingerprint")
-        self.attempts = store.read_attempts(columns=["id"]).group_by("id").len("prior")
-        self.empty = self.done.is_empty() and self.attempts.is_empty()
-        # Each join hashes the whole done table: few large batches when resuming, small
-        # ones for a fresh run so the first requests go out at once.
-        self.batch = 256 if self.empty else 8192
-
-    def triage(self, batch: list[Request]) -> tuple[list[WorkItem], int]:
-        """The batch's rows still to send (with their earlier attempts), and how many are done."""
-        if self.empty:
-            return [WorkItem(request) for request in batch], 0
-        frame = pl.DataFrame(
-            {
-                "id": [r.row_id for r in batch],
-                "fingerprint": [r.fingerprint for r in batch],
-                "i": range(len(batch)),
-            },
-            schema={"id": pl.String, "fingerprint": pl.String, "i": pl.Int64},
-        )
-        done = set(frame.join(self.done, on=["id", "fingerprint"], how="semi")["i"])
-        prior = dict(frame.join(self.attempts, on="id").select("i", "prior").iter_rows())
-        to_send = [
-            WorkItem(request, prior.get(i, 0)) for i, request in enumerate(batch) if i not in done
-        ]
-        return to_send, len(done)
-
-
-def _batches(
-    reader: InputReader, renderer: Renderer, limit: int | None, size: int = 256
-) -> Iterator[tuple[list[Request], list[InvalidRow]]]:
-    """Rendered requests and invalid rows, in input order, a batch at a time (`limit` rows)."""
-    requests: list[Request] = []
-    invalid: list[InvalidRow] = []
-    for count, row in enumerate(reader):
-        if limit is not None and count >= limit:
-            break
-        item = renderer.render(row) if isinstance(row, InputRow) else row
-        (invalid if isinstance(item, InvalidRow) else requests).append(item)
-        if len(requests) + len(invalid) >= size:
-            yield requests, invalid
-            requests, invalid = [], []
-    if requests or invalid:
-        yield requests, invalid
+def open_input(job: Job) -> tuple[Renderer, InputReader]:
+    """The job's renderer and its checked input: a bad template or file stops here."""
+    renderer = Renderer(job.request)
+    reader = InputReader(
+        job.input, fmt=job.input_format, id_column=job.id_column, columns_needed=renderer.columns
+    )
+    reader.check()
+    return renderer, reader
 
 
 def execute(job: Job, options: RunOptions) -> RunOutcome:
@@ -177,216 +134,177 @@ def execute(job: Job, options: RunOptions) -> RunOutcome:
     api_key = options.api_key or os.environ.get("ANTHROPIC_API_KEY")
     if not api_key:
         raise UsageError("no API key: set ANTHROPIC_API_KEY (runner demo needs none)")
-    renderer = Renderer(job.request)
-    reader = InputReader(
-        job.input, fmt=job.input_format, id_column=job.id_column, columns_needed=renderer.columns
-    )
-    reader.check()
+    renderer, reader = open_input(job)
     prices = PriceTable.load(job.prices, job.price_overrides or None)
     run_dir = resolve_run_dir(job, options)
     run_dir.mkdir(parents=True, exist_ok=True)
     with open_store(run_dir) as store:
-        return _execute_in(job, options, store, reader, renderer, prices, api_key)
+        return _Session(job, options, store, reader, renderer, prices, api_key).run()
 
 
-def _execute_in(
-    job: Job,
-    options: RunOptions,
-    store: RunStore,
-    reader: InputReader,
-    renderer: Renderer,
-    prices: PriceTable,
-    api_key: str,
-) -> RunOutcome:
-    run_dir = store.run_dir
-    previous = _Previous(store)
-    fingerprint = input_fingerprint(job.input)
-    run_json_path = run_dir / "run.json"
-    run_info = _load_json(run_json_path)
-    if run_info and run_info.get("input", {}).get("sha256") != fingerprint["sha256"]:
-        log.warning(
-            "input %s changed since this run began (size %s -> %s bytes): rows whose request "
-            "changed are sent again",
-            job.input,
-            run_info["input"].get("size"),
-            fingerprint["size"],
-        )
-    started_at = datetime.now(UTC).isoformat()
-    run_info = {
-        "run_id": run_dir.name,
-        "job": job.to_dict(),
-        "input": fingerprint,
-        "versions": _versions(),
-        "prices": prices.to_dict(),
-        "first_started_at": (run_info or {}).get("first_started_at", started_at),
-        "started_at": started_at,
-        "ended_at": None,
-        "counts": None,
-    }
-    write_json_atomic(run_json_path, run_info)
+@dataclass
+class _Session:
+    """One session of a run: what the stages share while it lasts."""
 
-    stats = RunStats()
-    nothing_left = False
-    if not previous.empty:
+    job: Job
+    options: RunOptions
+    store: RunStore
+    reader: InputReader
+    renderer: Renderer
+    prices: PriceTable
+    api_key: str
+    stats: RunStats = field(default_factory=RunStats)
+    control: StopControl = field(default_factory=StopControl)
+    seen: InputSeen = field(default_factory=InputSeen)
+
+    def __post_init__(self) -> None:
+        self.limiter = RateLimiter(self.job.limits)
+        self.done = DoneRows(self.store)
+
+    def run(self) -> RunOutcome:
+        """Start, drive the pool unless nothing is left, then compact and summarise."""
+        run_dir = self.store.run_dir
+        run_info = self._start_run_json()
+        if self._count_rows():
+            # Every row is already ok with an unchanged request: no client, no pool.
+            self.stats.skipped = self.stats.total_rows or 0
+            exit_code = EXIT_OK
+        else:
+            exit_code = anyio.run(self._drive)
+            if exit_code in (EXIT_OK, EXIT_SOME_FAILED):
+                self.store.compact(self.seen.last_line if self.seen.complete else None)
+            else:
+                self.store.flush()
+        summary = summarize(self.store, self.stats, exit_code)
+        summary["limiter"] = self.limiter.snapshot()
+        run_info["ended_at"] = datetime.now(UTC).isoformat()
+        run_info["counts"] = summary["rows"]
+        write_json_atomic(run_dir / "run.json", run_info)
+        write_json_atomic(run_dir / "summary.json", summary)
+        fatal = self.control.fatal
+        if exit_code in (EXIT_SOME_FAILED, EXIT_FATAL, EXIT_INTERRUPTED):
+            summary["resume_command"] = resume_command(self.options.argv, run_dir.name)
+        message = f"stopped: {fatal.message}" if fatal is not None else None
+        return RunOutcome(exit_code, run_dir, summary, message, self.stats)
+
+    def _start_run_json(self) -> dict[str, Any]:
+        """Write run.json for this session; warn if the input changed since the run began."""
+        path = self.store.run_dir / "run.json"
+        fingerprint = input_fingerprint(self.job.input)
+        earlier = _load_json(path)
+        if earlier and earlier.get("input", {}).get("sha256") != fingerprint["sha256"]:
+            log.warning(
+                "input %s changed since this run began (size %s -> %s bytes): rows whose "
+                "request changed are sent again",
+                self.job.input,
+                earlier["input"].get("size"),
+                fingerprint["size"],
+            )
+        started_at = datetime.now(UTC).isoformat()
+        run_info = {
+            "run_id": self.store.run_dir.name,
+            "job": self.job.to_dict(),
+            "input": fingerprint,
+            "versions": _versions(),
+            "prices": self.prices.to_dict(),
+            "first_started_at": (earlier or {}).get("first_started_at", started_at),
+            "started_at": started_at,
+            "ended_at": None,
+            "counts": None,
+        }
+        write_json_atomic(path, run_info)
+        return run_info
+
+    def _count_rows(self) -> bool:
+        """Set the progress total; on a resume say what is skipped and sent. True if nothing is."""
+        limit = self.options.limit
+        if self.done.empty:
+            self.stats.total_rows = (
+                limit if limit is not None else count_records(self.job.input, self.job.input_format)
+            )
+            return False
         to_send = skip = invalid = 0
-        for requests, invalid_rows in _batches(reader, renderer, options.limit, previous.batch):
-            items, done = previous.triage(requests)
+        for requests, invalid_rows in batches(self.reader, self.renderer, limit, self.done.batch):
+            items, done = self.done.triage(requests)
             to_send, skip, invalid = to_send + len(items), skip + done, invalid + len(invalid_rows)
-        stats.total_rows = to_send + skip + invalid
-        nothing_left = to_send == 0 and invalid == 0
+        self.stats.total_rows = to_send + skip + invalid
         log.info(
             "resuming run %s: skipping %d rows already ok, sending %d, %d invalid",
-            run_dir.name,
+            self.store.run_dir.name,
             skip,
             to_send,
             invalid,
         )
-    elif options.limit is None:
-        stats.total_rows = count_records(job.input, job.input_format)
-    else:
-        stats.total_rows = options.limit
+        return to_send == 0 and invalid == 0
 
-    control = StopControl()
-    limiter = RateLimiter(job.limits)
-    seen = InputSeen()
-    if nothing_left:
-        # Every row is already ok with an unchanged request: no client, no pool.
-        stats.skipped = stats.total_rows or 0
-        exit_code = EXIT_OK
-    else:
-        exit_code = anyio.run(
-            _drive,
-            limiter,
-            job,
-            options,
-            store,
-            reader,
-            renderer,
-            prices,
-            api_key,
-            previous,
-            stats,
-            control,
-            seen,
-        )
-        if exit_code in (EXIT_OK, EXIT_SOME_FAILED):
-            store.compact(seen.last_line if seen.complete else None)
-        else:
-            store.flush()
-    summary = summarize(store, stats, exit_code)
-    summary["limiter"] = limiter.snapshot()
-    run_info["ended_at"] = datetime.now(UTC).isoformat()
-    run_info["counts"] = summary["rows"]
-    write_json_atomic(run_json_path, run_info)
-    write_json_atomic(run_dir / "summary.json", summary)
-    message = None
-    if control.fatal is not None:
-        message = f"stopped: {control.fatal.message}"
-    if exit_code in (EXIT_SOME_FAILED, EXIT_FATAL, EXIT_INTERRUPTED):
-        summary["resume_command"] = resume_command(options.argv, run_dir.name)
-    return RunOutcome(exit_code, run_dir, summary, message, stats)
+    async def _drive(self) -> int:
+        """The producer, the workers and their helpers, until the queue is drained or a stop."""
+        job, control = self.job, self.control
+        concurrency = job.limits.concurrency
+        send, receive = anyio.create_memory_object_stream[WorkItem](concurrency * 2)
+        async with new_http_client(concurrency, job.retry.idle_timeout) as http:
+            pool = WorkerPool(
+                http,
+                f"{job.base_url}/v1/messages",
+                api_headers(self.api_key),
+                self.limiter,
+                self.prices,
+                self.store.record,
+                self.stats,
+                control,
+                max_attempts=job.retry.max_attempts,
+                max_retry_after=job.retry.max_retry_after,
+                fatal_grace=min(job.retry.grace_period, 3.0),
+            )
+            async with anyio.create_task_group() as outer:
+                workers_scope = control.bind(outer)
+                outer.start_soon(_watch_signals, control, job.retry.grace_period)
+                outer.start_soon(_flush_periodically, self.store)
+                if self.options.progress is not None:
+                    outer.start_soon(self.options.progress.run, self.stats, self.limiter)
+                with workers_scope:
+                    async with anyio.create_task_group() as workers:
+                        workers.start_soon(self._produce, send)
+                        for _ in range(concurrency):
+                            workers.start_soon(pool.worker, receive.clone())
+                        receive.close()
+                outer.cancel_scope.cancel()
+        if control.fatal is not None:
+            return EXIT_FATAL
+        if control.stopping:
+            return EXIT_INTERRUPTED
+        statuses = self.stats.statuses
+        failed = statuses[Status.ERROR.value] + statuses[Status.INVALID.value]
+        return EXIT_SOME_FAILED if failed else EXIT_OK
 
-
-async def _drive(
-    limiter: RateLimiter,
-    job: Job,
-    options: RunOptions,
-    store: RunStore,
-    reader: InputReader,
-    renderer: Renderer,
-    prices: PriceTable,
-    api_key: str,
-    previous: _Previous,
-    stats: RunStats,
-    control: StopControl,
-    seen: InputSeen,
-) -> int:
-    concurrency = job.limits.concurrency
-    send, receive = anyio.create_memory_object_stream[WorkItem](concurrency * 2)
-
-    def record(result: RowResult | None, attempts: list) -> None:
-        store.record(result, attempts)
-
-    async with new_http_client(concurrency, job.retry.idle_timeout) as http:
-        pool = WorkerPool(
-            http,
-            f"{job.base_url}/v1/messages",
-            api_headers(api_key),
-            limiter,
-            prices,
-            record,
-            stats,
-            control,
-            max_attempts=job.retry.max_attempts,
-            max_retry_after=job.retry.max_retry_after,
-            fatal_grace=min(job.retry.grace_period, 3.0),
-        )
-        async with anyio.create_task_group() as outer:
-            workers_scope = control.bind(outer)
-            outer.start_soon(_watch_signals, control, job.retry.grace_period)
-            outer.start_soon(_flush_periodically, store)
-            if options.progress is not None:
-                outer.start_soon(options.progress.run, stats, limiter)
-            with workers_scope:
-                async with anyio.create_task_group() as workers:
-                    workers.start_soon(
-                        _produce,
-                        send,
-                        reader,
-                        renderer,
-                        options.limit,
-                        previous,
-                        store,
-                        stats,
-                        control,
-                        seen,
+    async def _produce(self, send: anyio.abc.ObjectSendStream[WorkItem]) -> None:
+        """Stream the input into the queue: invalid rows to the store, done rows skipped."""
+        limit, seen = self.options.limit, self.seen
+        async with send:
+            for requests, invalid_rows in batches(
+                self.reader, self.renderer, limit, self.done.batch
+            ):
+                seen.last_line = max(seen.last_line, *(r.line for r in (*requests, *invalid_rows)))
+                for item in invalid_rows:
+                    log.warning("%s:%d: %s", self.reader.path, item.line, item.reason)
+                    result = RowResult(
+                        id=item.id,
+                        line=item.line,
+                        status=Status.INVALID,
+                        model=self.renderer.spec.model,
+                        attempts=0,
+                        error_type="invalid_input",
+                        error_message=item.reason,
                     )
-                    for _ in range(concurrency):
-                        workers.start_soon(pool.worker, receive.clone())
-                    receive.close()
-            outer.cancel_scope.cancel()
-    if control.fatal is not None:
-        return EXIT_FATAL
-    if control.stopping:
-        return EXIT_INTERRUPTED
-    failed = stats.statuses[Status.ERROR.value] + stats.statuses[Status.INVALID.value]
-    return EXIT_SOME_FAILED if failed else EXIT_OK
-
-
-async def _produce(
-    send: anyio.abc.ObjectSendStream[WorkItem],
-    reader: InputReader,
-    renderer: Renderer,
-    limit: int | None,
-    previous: _Previous,
-    store: RunStore,
-    stats: RunStats,
-    control: StopControl,
-    seen: InputSeen,
-) -> None:
-    async with send:
-        for requests, invalid_rows in _batches(reader, renderer, limit, previous.batch):
-            seen.last_line = max(seen.last_line, *(r.line for r in (*requests, *invalid_rows)))
-            for item in invalid_rows:
-                log.warning("%s:%d: %s", reader.path, item.line, item.reason)
-                result = RowResult(
-                    id=item.id,
-                    line=item.line,
-                    status=Status.INVALID,
-                    model=renderer.spec.model,
-                    attempts=0,
-                    error_type="invalid_input",
-                    error_message=item.reason,
-                )
-                store.record(result, [])
-                stats.add_result(result)
-            items, done = previous.triage(requests)
-            stats.skipped += done
-            for work in items:
-                if control.stopping:
-                    return
-                await send.send(work)
-        seen.complete = limit is None
+                    self.store.record(result, [])
+                    self.stats.add_result(result)
+                items, done = self.done.triage(requests)
+                self.stats.skipped += done
+                for work in items:
+                    if self.control.stopping:
+                        return
+                    await send.send(work)
+            seen.complete = limit is None
 
 
 async def _flush_periodically(store: RunStore) -> None:
@@ -414,60 +332,6 @@ async def _watch_signals(control: StopControl, grace: float) -> None:
                     grace,
                 )
                 control.stop(name, grace)
-
-
-def summarize(store: RunStore, stats: RunStats, exit_code: int) -> dict[str, Any]:
-    """summary.json: the whole run id's totals from disk, plus this session's figures."""
-    usage = [
-        "input_tokens",
-        "output_tokens",
-        "cache_creation_input_tokens",
-        "cache_read_input_tokens",
-    ]
-    # Aggregated lazily, so a compacted million-row run is summed without being loaded.
-    by_status = {s.value: 0 for s in Status}
-    results = store.scan_results()
-    counts = results.group_by("status").len().collect(engine="streaming")
-    for status, count in counts.iter_rows():
-        by_status[status] = count
-    ok = (
-        results.filter(pl.col("status") == Status.OK.value)
-        .select(pl.col("cost_usd").sum(), *(pl.col(name).sum() for name in usage))
-        .collect(engine="streaming")
-        .row(0, named=True)
-    )
-    attempts = (
-        store.scan_attempts()
-        .select(
-            pl.len().alias("attempts"),
-            (pl.col("outcome") != "ok").sum().alias("failed"),
-            *(
-                pl.col(name).filter(pl.col("outcome") != "ok").sum().alias(name)
-                for name in ("cost_usd", "input_tokens", "output_tokens")
-            ),
-        )
-        .collect(engine="streaming")
-        .row(0, named=True)
-    )
-    return {
-        "exit_code": exit_code,
-        "rows": {**by_status, "total": sum(by_status.values())},
-        "tokens": {name: int(ok[name] or 0) for name in usage},
-        "cost_usd": round(float(ok["cost_usd"] or 0.0), 6),
-        "retries": {
-            "failed_attempts": int(attempts["failed"] or 0),
-            "cost_usd": round(float(attempts["cost_usd"] or 0.0), 6),
-            "input_tokens": int(attempts["input_tokens"] or 0),
-            "output_tokens": int(attempts["output_tokens"] or 0),
-        },
-        "attempts": int(attempts["attempts"] or 0),
-        "this_session": {
-            "rows_done": stats.done,
-            "rows_skipped": stats.skipped,
-            "requests": stats.requests,
-            "wall_time_s": round(stats.elapsed, 3),
-        },
-    }
 
 
 def _versions() -> dict[str, str]:
