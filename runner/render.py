@@ -18,6 +18,10 @@ if TYPE_CHECKING:  # job.py checks templates with parse_template: no import cycl
 CHARS_PER_TOKEN = 3.5
 
 
+# One encoder for every row: json.dumps would rebuild one (and check its options) each call.
+_encode_string = json.JSONEncoder(ensure_ascii=False).encode
+
+
 class Renderer:
     """Fills the prompt template from a row's columns and encodes the request body once."""
 
@@ -64,7 +68,7 @@ class Renderer:
         prompt = "".join(parts)
         if not prompt.strip():
             return InvalidRow(row.id, row.line, "empty prompt")
-        encoded = json.dumps(prompt, ensure_ascii=False).encode()
+        encoded = _encode_string(prompt).encode()
         digest = self._fingerprint_seed.copy()
         digest.update(encoded)
         return Request(
