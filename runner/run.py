@@ -16,12 +16,11 @@ import shlex
 import signal
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
 import anyio
-import httpx
-import polars as pl
 
 from runner import __version__
 from runner.client import api_headers, new_http_client
@@ -335,12 +334,12 @@ async def _watch_signals(control: StopControl, grace: float) -> None:
 
 
 def _versions() -> dict[str, str]:
+    """What produced this run, for run.json."""
+    libraries = ("anyio", "httpx", "httpx-sse", "polars", "tenacity")
     return {
         "runner": __version__,
         "python": platform.python_version(),
-        "httpx": httpx.__version__,
-        "polars": pl.__version__,
-        "anyio": anyio.__version__ if hasattr(anyio, "__version__") else "",
+        **{name: version(name) for name in libraries},
     }
 
 
