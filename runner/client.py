@@ -215,7 +215,7 @@ def _error_body(text: str) -> tuple[str | None, str, dict[str, Any]]:
     return error.get("type"), str(error.get("message", "")), details
 
 
-def _http_error(response: httpx.Response, body: str, started: float) -> ApiError:
+def _http_error(response: httpx.Response, body: str) -> ApiError:
     status = response.status_code
     error_type, message, details = _error_body(body)
     facts = AttemptFacts(
@@ -315,7 +315,7 @@ async def stream_message(
                 on_response(response)
             if response.status_code != 200:
                 body = (await response.aread()).decode("utf-8", "replace")
-                raise _http_error(response, body, started)
+                raise _http_error(response, body)
             async for sse in EventSource(response).aiter_sse():
                 # After message_stop the rest of the body is still read: httpcore returns a
                 # connection to its pool only once the response is complete, else it closes it.
@@ -367,7 +367,6 @@ async def count_tokens(
     https://docs.claude.com/en/api/messages-count-tokens: same headers as a message,
     a body of model/system/messages (no max_tokens), an answer `{"input_tokens": N}`.
     """
-    started = time.perf_counter()
     try:
         response = await http.post(
             url, json=body, headers={**headers, "accept": "application/json"}
@@ -383,7 +382,7 @@ async def count_tokens(
             AttemptFacts(outcome=Outcome.CONNECT_ERROR, error_type="connect_error"),
         ) from None
     if response.status_code != 200:
-        raise _http_error(response, response.text, started)
+        raise _http_error(response, response.text)
     try:
         return int(response.json()["input_tokens"])
     except (ValueError, KeyError, TypeError):

@@ -50,7 +50,6 @@ class StopControl:
 
     def __init__(self) -> None:
         self.stopping = False
-        self.reason: str | None = None
         self.fatal: FatalApiError | None = None
         self.workers_scope: anyio.CancelScope | None = None
         self._deadline_task_started = False
@@ -62,10 +61,9 @@ class StopControl:
         self.workers_scope = anyio.CancelScope()
         return self.workers_scope
 
-    def stop(self, reason: str, grace: float) -> None:
+    def stop(self, grace: float) -> None:
         """Take no new rows; cancel what is still in flight after `grace` seconds."""
         self.stopping = True
-        self.reason = self.reason or reason
         if self.workers_scope is None or self._task_group is None:
             return
         if grace <= 0:
@@ -139,7 +137,7 @@ class WorkerPool:
             self.stats.add_result(result)
             if isinstance(exc, FatalApiError):
                 self.control.fatal = self.control.fatal or exc
-                self.control.stop(f"fatal: {exc.message}", self.fatal_grace)
+                self.control.stop(self.fatal_grace)
             return
         except anyio.get_cancelled_exc_class():
             # Cancelled after the grace period: keep what failed attempts cost.

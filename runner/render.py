@@ -30,22 +30,22 @@ class Renderer:
         self.spec = spec
         self._pieces = parse_template(template)
         self.columns = sorted({name for _, name in self._pieces if name is not None})
-        self._static: dict[str, Any] = {"model": spec.model, "max_tokens": spec.max_tokens}
+        fields: dict[str, Any] = {"model": spec.model, "max_tokens": spec.max_tokens}
         if spec.system:
             if spec.cache_system:
-                self._static["system"] = [
+                fields["system"] = [
                     {"type": "text", "text": spec.system, "cache_control": {"type": "ephemeral"}}
                 ]
             else:
-                self._static["system"] = spec.system
+                fields["system"] = spec.system
         for name in ("temperature", "top_p", "top_k", "stop_sequences"):
             value = getattr(spec, name)
             if value is not None:
-                self._static[name] = value
+                fields[name] = value
         self._system_chars = len(spec.system or "")
         # Everything but the prompt is the same for every row: encode and hash it once,
         # so a row costs one small string encoding and one hash update.
-        static = json.dumps(self._static, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+        static = json.dumps(fields, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
         self._fingerprint_seed = hashlib.blake2b(static.encode(), digest_size=12)
         self._body_prefix = (
             static[:-1] + ',"stream":true,"messages":[{"role":"user","content":'

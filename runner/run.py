@@ -322,7 +322,7 @@ async def _watch_signals(control: StopControl, grace: float) -> None:
             name = signal.Signals(signum).name
             if control.stopping:
                 log.warning("%s again: cancelling in-flight requests now", name)
-                control.stop(name, 0)
+                control.stop(0)
             else:
                 log.warning(
                     "%s: no new requests; waiting up to %gs for the ones in flight "
@@ -330,7 +330,7 @@ async def _watch_signals(control: StopControl, grace: float) -> None:
                     name,
                     grace,
                 )
-                control.stop(name, grace)
+                control.stop(grace)
 
 
 def _versions() -> dict[str, str]:
