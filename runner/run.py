@@ -174,6 +174,7 @@ class _Session:
                 self.store.compact(self.seen.last_line if self.seen.complete else None)
             else:
                 self.store.flush()
+        self.stats.stop_clock()
         summary = summarize(self.store, self.stats, exit_code)
         summary["limiter"] = self.limiter.snapshot()
         run_info["ended_at"] = datetime.now(UTC).isoformat()

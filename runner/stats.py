@@ -27,6 +27,7 @@ class RunStats:
     retry_cost_usd: float = 0.0
     in_flight: int = 0
     started: float = field(default_factory=time.monotonic)
+    ended: float | None = None
 
     def add_result(self, result: RowResult) -> None:
         """Count a finished row."""
@@ -54,7 +55,11 @@ class RunStats:
         """Rows finished in this run."""
         return sum(self.statuses.values())
 
+    def stop_clock(self) -> None:
+        """Freeze `elapsed`, so summary.json and the printed summary give the same wall time."""
+        self.ended = time.monotonic()
+
     @property
     def elapsed(self) -> float:
-        """Seconds since the run started."""
-        return time.monotonic() - self.started
+        """Seconds since the run started, or until it ended."""
+        return (self.ended or time.monotonic()) - self.started

@@ -196,6 +196,8 @@ def test_failed_runs_say_what_to_do_next(
     print_summary(outcome)
     out = capsys.readouterr().out
     assert out.splitlines() == summary_lines(outcome)
+    written = json.loads((outcome.run_dir / "summary.json").read_text())
+    assert f"wall time: {written['this_session']['wall_time_s']:.1f} s" in out
     assert f"report: {outcome.run_dir}" in out
     assert "most common error: " in out
     next_line = out.splitlines()[-1]
