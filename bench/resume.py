@@ -2,10 +2,18 @@
 
     python bench/resume.py [--rows 100000]
 
-Builds a finished run of N rows (and one of N/100 as the baseline) through the
-real store, then times `runner run --run-id ...` on it as a subprocess and reads
-its peak RSS. Nothing is sent: the base URL points at a closed port, so a row
-that was not recognised as done would show up as an error.
+Builds a run of N rows (and one of N/100 as the baseline) with every row ok,
+through the real store but with no session ever ending (as after a `kill -9`
+right after the last row), then times `runner run --run-id ...` on it twice as
+a subprocess and reads each one's peak RSS:
+
+- "after a crash": no session saw the whole input, so every row is read,
+  rendered and checked against the results;
+- "finished": the first resume ended cleanly and recorded the run as settled,
+  so the second decides from the results alone.
+
+Nothing is sent: the base URL points at a closed port, so a row that was not
+recognised as done would show up as an error.
 """
 
 from __future__ import annotations
@@ -13,11 +21,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from measure import run_measured
 
 from runner.inputs import InputReader
 from runner.job import resolve_job
@@ -70,13 +79,13 @@ def time_resume(input_path: Path, out: Path) -> tuple[float, float]:
     ]  # fmt: skip
     env = dict(os.environ, ANTHROPIC_API_KEY="bench-key")
     started = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    # wait4 reaps the child and gives its own resource usage (peak RSS in KiB on Linux).
-    _, status, usage = os.wait4(proc.pid, 0)
+    log = out / "resume.log"
+    with log.open("w") as sink:
+        figures = run_measured(cmd, out / "measured.json", stdout=sink, stderr=sink, env=env)
     elapsed = time.perf_counter() - started
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"resume failed: {proc.stderr.read().decode() if proc.stderr else ''}")
-    return elapsed, usage.ru_maxrss / 1024
+    if figures["exit_code"] != 0:
+        raise SystemExit(f"resume failed: {log.read_text()}")
+    return elapsed, figures["peak_rss_mb"]
 
 
 def main() -> None:
@@ -85,18 +94,21 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        figures = {}
-        for rows in (args.rows // 100, args.rows):
+        sizes = (args.rows // 100, args.rows)
+        figures: dict[tuple[str, int], tuple[float, float]] = {}
+        for rows in sizes:
             input_path, out = build_finished_run(root, rows)
-            figures[rows] = time_resume(input_path, out)
-        small, large = figures[args.rows // 100], figures[args.rows]
-        print(f"{'rows':>9} {'resume wall s':>14} {'peak RSS MB':>12}")
-        for rows, (wall, rss) in figures.items():
-            print(f"{rows:>9,} {wall:>14.2f} {rss:>12.1f}")
-        print(
-            f"ratio {args.rows:,} / {args.rows // 100:,}: wall {large[0] / small[0]:.2f}x, "
-            f"peak RSS {large[1] / small[1]:.2f}x"
-        )
+            for case in ("after a crash", "finished"):
+                figures[case, rows] = time_resume(input_path, out)
+        print(f"{'resume':<14} {'rows':>9} {'wall s':>7} {'peak RSS MB':>12}")
+        for (case, rows), (wall, rss) in figures.items():
+            print(f"{case:<14} {rows:>9,} {wall:>7.2f} {rss:>12.1f}")
+        for case in ("after a crash", "finished"):
+            small, large = figures[case, sizes[0]], figures[case, sizes[1]]
+            print(
+                f"{case}: {sizes[1]:,} / {sizes[0]:,} rows: wall {large[0] / small[0]:.2f}x, "
+                f"peak RSS {large[1] / small[1]:.2f}x"
+            )
 
 
 if __name__ == "__main__":

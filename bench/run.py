@@ -2,7 +2,8 @@
 
 One command (see bench/README.md): `python bench/run.py` (full) or `--quick` (smoke).
 Each client runs as its own subprocess, pinned to one core while the mock has the other,
-so its CPU time and peak RSS (os.wait4's rusage) are its own. Runs alternate runner/SDK
+so its CPU time and peak RSS are its own (started through bench/measure.py, so the
+figures do not include this process's memory). Runs alternate runner/SDK
 and every one is checked against the mock's record: no row lost, tokens exact.
 """
 
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
+from measure import run_measured
 
 HERE = Path(__file__).resolve().parent
 MODEL = "claude-sonnet-4-5"
@@ -150,16 +152,14 @@ def run_client(
     mock_before = mock.cpu_s()
     started = time.perf_counter()
     with log.open("w") as sink:
-        proc = subprocess.Popen(
-            command, stdout=sink, stderr=subprocess.STDOUT, env=env, preexec_fn=_pin(core)
+        figures = run_measured(
+            command, work / "measured.json", core, stdout=sink, stderr=subprocess.STDOUT, env=env
         )
-        _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - started
-    proc.returncode = os.waitstatus_to_exitcode(status)
     mock_busy = (mock.cpu_s() - mock_before) / wall
     output = log.read_text()
-    if proc.returncode != 0:
-        raise SystemExit(f"{side} exited {proc.returncode}:\n{output[-2000:]}")
+    if figures["exit_code"] != 0:
+        raise SystemExit(f"{side} exited {figures['exit_code']}:\n{output[-2000:]}")
     got = _runner_totals(out_dir) if side == "runner" else json.loads(output.splitlines()[-1])
     _check(side, got, mock.call("GET", "/_mock/stats"), rows)
     return Sample(
@@ -167,8 +167,8 @@ def run_client(
         rows,
         concurrency,
         wall,
-        usage.ru_utime + usage.ru_stime,
-        usage.ru_maxrss / 1024.0,
+        figures["cpu_s"],
+        figures["peak_rss_mb"],
         mock_busy,
     )
 

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Iterator
+from typing import Any
 
 import polars as pl
 
+from runner import __version__
 from runner.inputs import InputReader
+from runner.job import Job
 from runner.models import InputRow, InvalidRow, Request, Status
 from runner.pool import WorkItem
 from runner.render import Renderer
@@ -47,6 +52,24 @@ class DoneRows:
             WorkItem(request, prior.get(i, 0)) for i, request in enumerate(batch) if i not in done
         ]
         return to_send, len(done)
+
+
+def rows_key(job: Job, input_sha256: str) -> dict[str, str]:
+    """What decides every row's request: the input's bytes and the settings that render it.
+
+    A session that ends having seen every row records this key in run.json as
+    `settled`. While the key stays the same, every stored outcome still matches its
+    row's request, so a resume can tell what is left from the results alone,
+    without reading and rendering the whole input again.
+    """
+    settings: dict[str, Any] = {
+        "runner": __version__,
+        "input_format": job.input_format,
+        "id_column": job.id_column,
+        "request": job.to_dict()["request"],
+    }
+    encoded = json.dumps(settings, sort_keys=True, default=str).encode()
+    return {"input_sha256": input_sha256, "request_sha256": hashlib.sha256(encoded).hexdigest()}
 
 
 def batches(

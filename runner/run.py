@@ -16,11 +16,13 @@ import shlex
 import signal
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import cached_property
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
 import anyio
+import polars as pl
 
 from runner import __version__
 from runner.client import api_headers, new_http_client
@@ -28,14 +30,14 @@ from runner.errors import RunnerError, UsageError
 from runner.inputs import InputReader, count_records, input_fingerprint
 from runner.job import Job
 from runner.limiter import RateLimiter
-from runner.models import RowResult, Status
+from runner.models import InvalidRow, Request, RowResult, Status
 from runner.pool import StopControl, WorkerPool, WorkItem
 from runner.pricing import PriceTable
 from runner.render import Renderer
-from runner.resume import DoneRows, batches
+from runner.resume import DoneRows, batches, rows_key
 from runner.stats import RunStats
 from runner.store import RunStore, open_store, write_json_atomic
-from runner.summary import summarize
+from runner.summary import status_counts, summarize
 
 log = logging.getLogger("runner")
 
@@ -117,6 +119,10 @@ class InputSeen:
     last_line: int = 0
     complete: bool = False
 
+    def saw(self, requests: list[Request], invalid_rows: list[InvalidRow]) -> None:
+        """Note one batch read from the input."""
+        self.last_line = max(self.last_line, *(r.line for r in (*requests, *invalid_rows)))
+
 
 def open_input(job: Job) -> tuple[Renderer, InputReader]:
     """The job's renderer and its checked input: a bad template or file stops here."""
@@ -158,25 +164,29 @@ class _Session:
 
     def __post_init__(self) -> None:
         self.limiter = RateLimiter(self.job.limits)
-        self.done = DoneRows(self.store)
+
+    @cached_property
+    def done(self) -> DoneRows:
+        """The rows earlier sessions finished; read only if the input has to be read too."""
+        return DoneRows(self.store)
 
     def run(self) -> RunOutcome:
         """Start, drive the pool unless nothing is left, then compact and summarise."""
         run_dir = self.store.run_dir
-        run_info = self._start_run_json()
-        if self._count_rows():
-            # Every row is already ok with an unchanged request: no client, no pool.
-            self.stats.skipped = self.stats.total_rows or 0
-            exit_code = EXIT_OK
-        else:
+        run_info, key = self._start_run_json()
+        exit_code = self._plan(run_info["settled"])
+        if exit_code is None:
             exit_code = anyio.run(self._drive)
-            if exit_code in (EXIT_OK, EXIT_SOME_FAILED):
-                self.store.compact(self.seen.last_line if self.seen.complete else None)
-            else:
-                self.store.flush()
+        if exit_code in (EXIT_OK, EXIT_SOME_FAILED):
+            self.store.compact(self.seen.last_line if self.seen.complete else None)
+        else:
+            self.store.flush()
         self.stats.stop_clock()
         summary = summarize(self.store, self.stats, exit_code)
         summary["limiter"] = self.limiter.snapshot()
+        if exit_code in (EXIT_OK, EXIT_SOME_FAILED) and self.options.limit is None:
+            # Every row was seen and has its outcome on disk.
+            run_info["settled"] = {"key": key, "rows": summary["rows"]["total"]}
         run_info["ended_at"] = datetime.now(UTC).isoformat()
         run_info["counts"] = summary["rows"]
         write_json_atomic(run_dir / "run.json", run_info)
@@ -187,11 +197,17 @@ class _Session:
         message = f"stopped: {fatal.message}" if fatal is not None else None
         return RunOutcome(exit_code, run_dir, summary, message, self.stats)
 
-    def _start_run_json(self) -> dict[str, Any]:
-        """Write run.json for this session; warn if the input changed since the run began."""
+    def _start_run_json(self) -> tuple[dict[str, Any], dict[str, str]]:
+        """Write run.json for this session; warn if the input changed since the run began.
+
+        Also returns this session's `rows_key`; run.json's `settled` keeps the earlier
+        one only while it is the same.
+        """
         path = self.store.run_dir / "run.json"
         fingerprint = input_fingerprint(self.job.input)
+        key = rows_key(self.job, fingerprint["sha256"])
         earlier = _load_json(path)
+        settled = (earlier or {}).get("settled")
         if earlier and earlier.get("input", {}).get("sha256") != fingerprint["sha256"]:
             log.warning(
                 "input %s changed since this run began (size %s -> %s bytes): rows whose "
@@ -211,22 +227,46 @@ class _Session:
             "started_at": started_at,
             "ended_at": None,
             "counts": None,
+            "settled": settled if settled and settled.get("key") == key else None,
         }
         write_json_atomic(path, run_info)
-        return run_info
+        return run_info, key
 
-    def _count_rows(self) -> bool:
-        """Set the progress total; on a resume say what is skipped and sent. True if nothing is."""
+    def _plan(self, settled: dict[str, Any] | None) -> int | None:
+        """Set the progress total and say what a resume skips and sends.
+
+        Returns the exit code if nothing is left to send, else None.
+        """
         limit = self.options.limit
+        if settled is not None and limit is None:
+            results = self.store.scan_results(with_state=True)
+            counts = status_counts(results)
+            # A part lost since (a damaged file is ignored) shows as missing rows.
+            if counts[Status.ERROR.value] == 0 and sum(counts.values()) == settled["rows"]:
+                # Input and request unchanged since a session saw every row: no row to read.
+                ok, invalid = counts[Status.OK.value], counts[Status.INVALID.value]
+                if invalid:
+                    self._report_invalid(results)
+                self.stats.total_rows, self.stats.skipped = ok + invalid, ok
+                log.info(
+                    "resuming run %s: input and request unchanged since it finished; "
+                    "%d rows ok, %d invalid: nothing to send",
+                    self.store.run_dir.name,
+                    ok,
+                    invalid,
+                )
+                return EXIT_SOME_FAILED if invalid else EXIT_OK
         if self.done.empty:
             self.stats.total_rows = (
                 limit if limit is not None else count_records(self.job.input, self.job.input_format)
             )
-            return False
+            return None
         to_send = skip = invalid = 0
         for requests, invalid_rows in batches(self.reader, self.renderer, limit, self.done.batch):
+            self.seen.saw(requests, invalid_rows)
             items, done = self.done.triage(requests)
             to_send, skip, invalid = to_send + len(items), skip + done, invalid + len(invalid_rows)
+        self.seen.complete = limit is None
         self.stats.total_rows = to_send + skip + invalid
         log.info(
             "resuming run %s: skipping %d rows already ok, sending %d, %d invalid",
@@ -235,7 +275,24 @@ class _Session:
             to_send,
             invalid,
         )
-        return to_send == 0 and invalid == 0
+        if to_send == 0 and invalid == 0:
+            # Every row is already ok with an unchanged request: no client, no pool.
+            self.stats.skipped = skip
+            return EXIT_OK
+        return None
+
+    def _report_invalid(self, results: pl.LazyFrame) -> None:
+        """Name again the invalid rows an earlier session found: the input is unchanged."""
+        rows = (
+            results.filter(pl.col("status") == Status.INVALID.value)
+            .select("line", "error_message")
+            .collect(engine="streaming")
+        )
+        for line, reason in rows.iter_rows():
+            self._warn_invalid(line, reason)
+
+    def _warn_invalid(self, line: int, reason: str) -> None:
+        log.warning("%s:%d: %s", self.reader.path, line, reason)
 
     async def _drive(self) -> int:
         """The producer, the workers and their helpers, until the queue is drained or a stop."""
@@ -284,9 +341,9 @@ class _Session:
             for requests, invalid_rows in batches(
                 self.reader, self.renderer, limit, self.done.batch
             ):
-                seen.last_line = max(seen.last_line, *(r.line for r in (*requests, *invalid_rows)))
+                seen.saw(requests, invalid_rows)
                 for item in invalid_rows:
-                    log.warning("%s:%d: %s", self.reader.path, item.line, item.reason)
+                    self._warn_invalid(item.line, item.reason)
                     result = RowResult(
                         id=item.id,
                         line=item.line,

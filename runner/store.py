@@ -330,27 +330,43 @@ class RunStore:
             return None
         return pl.concat([results, state], how="horizontal")
 
-    def _spans(self) -> tuple[list[tuple[Path, int, int]], bool]:
-        """Each readable part's (path, first line, last line), and whether they are compacted.
+    def _part_lines(self, path: Path) -> pl.Series | None:
+        """A results part's input lines (from its state), or None if either file is damaged.
 
-        Compacted means each part is in line order and starts after the previous one ends,
+        Reads the state's `line` column and only the results' footer: cheap enough to
+        do for every part each time a run is read.
+        """
+        try:
+            rows = pl.scan_parquet(path).select(pl.len()).collect().item()
+            lines = pl.read_parquet(self.state_dir / path.name, columns=["line"])["line"]
+        except Exception as exc:  # polars raises several types for a damaged file
+            log.warning("ignoring unreadable part %s: %s; its rows will be sent again", path, exc)
+            return None
+        if rows != lines.len():
+            log.warning("ignoring part %s: its state does not match; rows will be sent again", path)
+            return None
+        return lines
+
+    def _spans(self) -> tuple[list[tuple[Path, int, int]], bool]:
+        """Each readable part's (path, first line, last line), and whether they are in order.
+
+        In order means each part is sorted by line and starts after the previous one ends,
         so reading them in turn gives every row once, in input order.
         """
         spans: list[tuple[Path, int, int]] = []
-        compacted, previous_end = True, 0
+        in_order, previous_end = True, 0
         for path, _ in self._parts(self.results_dir):
-            part = self._read_part(path, columns=["id"])
-            if part is None:
-                compacted = False
+            lines = self._part_lines(path)
+            if lines is None:
+                in_order = False
                 continue
-            lines = part["line"]
             if lines.is_empty():
                 continue
             low, high = int(lines.min()), int(lines.max())  # type: ignore[arg-type]
-            compacted = compacted and lines.is_sorted() and low > previous_end
+            in_order = in_order and lines.is_sorted() and low > previous_end
             previous_end = high
             spans.append((path, low, high))
-        return spans, compacted
+        return spans, in_order
 
     def read_results(
         self, with_state: bool = False, columns: list[str] | None = None
@@ -377,12 +393,17 @@ class RunStore:
             .select(selected)
         )
 
-    def scan_results(self) -> pl.LazyFrame:
+    def scan_results(self, with_state: bool = False) -> pl.LazyFrame:
         """The results as a lazy frame: streamed from disk when compacted, else deduplicated."""
-        spans, compacted = self._spans()
-        if compacted and spans:
-            return pl.scan_parquet([path for path, _, _ in spans])
-        return self.read_results().lazy()
+        spans, in_order = self._spans()
+        if not (in_order and spans):
+            return self.read_results(with_state=with_state).lazy()
+        paths = [path for path, _, _ in spans]
+        results = pl.scan_parquet(paths)
+        if not with_state:
+            return results
+        state = pl.scan_parquet([self.state_dir / path.name for path in paths])
+        return pl.concat([results, state], how="horizontal")
 
     def scan_attempts(self) -> pl.LazyFrame:
         """Every attempt on disk, streamed from its parts (attempts are never rewritten)."""
@@ -411,11 +432,11 @@ class RunStore:
         rows, since the newer part of a line wins. Attempts are a log and stay as written.
         """
         self.flush()
-        spans, compacted = self._spans()
+        spans, in_order = self._spans()
         if not spans:
             return
         beyond = last_line is not None and max(high for _, _, high in spans) > last_line
-        if compacted and not beyond:
+        if in_order and _one_part_per_range(spans) and not beyond:
             return
         end_line = max(high for _, _, high in spans)
         if last_line is not None:
@@ -453,6 +474,19 @@ class RunStore:
         (self.journal_dir / f"segment-{self._segment:06d}.jsonl").unlink(missing_ok=True)
         self._segment = max(number, self._segment + 1)
         self._open_segment()
+
+
+def _one_part_per_range(spans: list[tuple[Path, int, int]]) -> bool:
+    """Whether in-order parts are already the ones compaction writes: one per line range.
+
+    Without this, a run that finished in input order (concurrency 1, say) would keep
+    one small part per flush.
+    """
+    first = spans[0][1]
+    ranges = [
+        ((low - first) // COMPACT_LINES, (high - first) // COMPACT_LINES) for _, low, high in spans
+    ]
+    return all(start == end for start, end in ranges) and len({s for s, _ in ranges}) == len(ranges)
 
 
 def _read_journal(path: Path) -> Iterator[dict[str, Any]]:

@@ -11,6 +11,15 @@ from runner.stats import RunStats
 from runner.store import RunStore
 
 
+def status_counts(results: pl.LazyFrame) -> dict[str, int]:
+    """Rows by status (every status present, zeros included)."""
+    by_status = {s.value: 0 for s in Status}
+    counts = results.group_by("status").len().collect(engine="streaming")
+    for status, count in counts.iter_rows():
+        by_status[status] = count
+    return by_status
+
+
 def summarize(store: RunStore, stats: RunStats, exit_code: int) -> dict[str, Any]:
     """summary.json: the whole run id's totals from disk, plus this session's figures."""
     usage = [
@@ -20,11 +29,8 @@ def summarize(store: RunStore, stats: RunStats, exit_code: int) -> dict[str, Any
         "cache_read_input_tokens",
     ]
     # Aggregated lazily, so a compacted million-row run is summed without being loaded.
-    by_status = {s.value: 0 for s in Status}
     results = store.scan_results()
-    counts = results.group_by("status").len().collect(engine="streaming")
-    for status, count in counts.iter_rows():
-        by_status[status] = count
+    by_status = status_counts(results)
     ok = (
         results.filter(pl.col("status") == Status.OK.value)
         .select(pl.col("cost_usd").sum(), *(pl.col(name).sum() for name in usage))

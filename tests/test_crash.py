@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -200,6 +201,39 @@ def test_changed_rows_are_sent_again_and_only_them(tmp_path: Path) -> None:
         assert mock.record.totals()["requests"] == 82
     results = pl.read_parquet(out / "in" / "r1" / "results" / "*.parquet")
     assert results.height == 40
+
+
+def test_a_finished_run_resumes_from_its_results_alone(tmp_path: Path) -> None:
+    rows = [*prompts(30, prefix="settled"), {"id": "bad", "prompt": "x [[fault:500:all]]"}]
+    input_path = write_jsonl(tmp_path / "in.jsonl", rows)
+    run_dir = tmp_path / "out" / "in" / "r1"
+    with serve_in_thread(MockConfig()) as mock:
+        cmd = _command(input_path, mock.base_url, tmp_path / "out", "--max-attempts", "1")
+
+        def run(*extra: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [*cmd, *extra], cwd=tmp_path, capture_output=True, text=True, timeout=60
+            )
+
+        # A limited session saw only some rows: the next one must read the input again.
+        assert run("--limit", "10").returncode == 0
+        assert json.loads((run_dir / "run.json").read_text())["settled"] is None
+        assert run().returncode == 1 and mock.record.totals()["requests"] == 31
+        # The `error` row is tried again, and only it, after reading the whole input.
+        again = run()
+        assert again.returncode == 1 and mock.record.totals()["requests"] == 32
+        assert "skipping 30 rows already ok, sending 1" in again.stderr
+        # Once no row is left to try, the unchanged run is settled from its results.
+        write_jsonl(input_path, rows[:30])
+        assert run().returncode == 0 and mock.record.totals()["requests"] == 32
+        settled = run()
+        assert settled.returncode == 0 and mock.record.totals()["requests"] == 32
+        assert "unchanged since it finished; 30 rows ok, 0 invalid: nothing to send" in (
+            settled.stderr
+        )
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["rows"] == {"ok": 30, "error": 0, "invalid": 0, "total": 30}
+    assert summary["this_session"]["rows_skipped"] == 30
 
 
 def test_a_second_process_on_the_same_run_is_refused(tmp_path: Path) -> None:
