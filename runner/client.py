@@ -17,12 +17,14 @@ import json
 import os
 import time
 from collections.abc import AsyncIterator, Callable
+from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 from httpx_sse import EventSource, SSEError
 
+from runner import __version__
 from runner.errors import (
     ApiError,
     AttemptFacts,
@@ -55,28 +57,58 @@ class Completion:
     latency_ms: float
 
 
-def api_headers(api_key: str) -> dict[str, str]:
+def api_headers(api_key: str) -> httpx.Headers:
     """Headers every request carries, as the official SDKs send them."""
-    return {
-        "x-api-key": api_key,
-        "anthropic-version": ANTHROPIC_VERSION,
-        "content-type": "application/json",
-        "accept": "text/event-stream",
-    }
+    return httpx.Headers(
+        {
+            "x-api-key": api_key,
+            "anthropic-version": ANTHROPIC_VERSION,
+            "content-type": "application/json",
+            "accept": "text/event-stream",
+            "user-agent": f"runner/{__version__}",
+        }
+    )
 
 
-def new_http_client(concurrency: int, idle_timeout: float) -> httpx.AsyncClient:
-    """One client for the run: a connection pool that fits the concurrency.
+class ApiClient:
+    """Sends requests straight through an httpx transport; the caller closes each response.
 
-    httpx's read timeout applies to each read, so it is exactly an idle timeout
-    between bytes of the stream (pings count as activity), never a total one.
+    Not `httpx.AsyncClient`: its per-request layers (URL and header merging, cookie
+    extraction, auth and redirect hooks) were about 13% of runner's CPU at concurrency
+    64 (bench/README.md), and none of them does anything for one API endpoint that
+    takes a key header. Cookies are therefore not kept, as no Anthropic endpoint sets any.
     """
-    timeout = httpx.Timeout(connect=30.0, read=idle_timeout, write=60.0, pool=None)
+
+    def __init__(self, transport: httpx.AsyncBaseTransport, idle_timeout: float) -> None:
+        self._transport = transport
+        # httpx's read timeout applies to each read, so it is exactly an idle timeout
+        # between bytes of the stream (pings count as activity), never a total one.
+        timeout = httpx.Timeout(connect=30.0, read=idle_timeout, write=60.0, pool=None)
+        self._extensions = {"timeout": timeout.as_dict()}
+
+    async def send(self, url: httpx.URL, headers: httpx.Headers, body: bytes) -> httpx.Response:
+        """POST `body`; the response's headers have arrived, its body is still to be read."""
+        request = httpx.Request(
+            "POST", url, headers=headers, content=body, extensions=self._extensions
+        )
+        response = await self._transport.handle_async_request(request)
+        response.request = request
+        return response
+
+    async def __aenter__(self) -> ApiClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self._transport.aclose()
+
+
+def new_http_client(concurrency: int, idle_timeout: float) -> ApiClient:
+    """One client for the run, with a connection pool that fits the concurrency."""
     if any(os.environ.get(name) for name in _PROXY_VARIABLES):
-        # httpx honours proxy variables only with its own transport: correctness first.
+        # httpx honours proxy variables (and NO_PROXY) only in its own client.
         limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-        return httpx.AsyncClient(timeout=timeout, limits=limits)
-    return httpx.AsyncClient(timeout=timeout, transport=ShardedTransport(concurrency))
+        return ApiClient(_ThroughClient(httpx.AsyncClient(limits=limits)), idle_timeout)
+    return ApiClient(ShardedTransport(concurrency), idle_timeout)
 
 
 _PROXY_VARIABLES = tuple(
@@ -84,6 +116,21 @@ _PROXY_VARIABLES = tuple(
     for name in ("HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY")
     for case in (str.upper, str.lower)
 )
+
+
+class _ThroughClient(httpx.AsyncBaseTransport):
+    """An `httpx.AsyncClient` behind the transport interface, for its proxy routing."""
+
+    def __init__(self, client: httpx.AsyncClient) -> None:
+        self._client = client
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        """Send through the client, leaving the body to be streamed."""
+        return await self._client.send(request, stream=True)
+
+    async def aclose(self) -> None:
+        """Close the client's connections."""
+        await self._client.aclose()
 
 
 class ShardedTransport(httpx.AsyncBaseTransport):
@@ -94,7 +141,7 @@ class ShardedTransport(httpx.AsyncBaseTransport):
     (bench/README.md); pools of SHARD_SIZE connections keep that scan short.
     """
 
-    SHARD_SIZE = 8
+    SHARD_SIZE = 4
 
     def __init__(self, concurrency: int) -> None:
         count = max(1, -(-concurrency // self.SHARD_SIZE))
@@ -296,9 +343,9 @@ class _Reading:
 
 
 async def stream_message(
-    http: httpx.AsyncClient,
-    url: str,
-    headers: dict[str, str],
+    http: ApiClient,
+    url: httpx.URL,
+    headers: httpx.Headers,
     request: Request,
     on_response: Callable[[httpx.Response], None] | None = None,
 ) -> Completion:
@@ -308,7 +355,8 @@ async def stream_message(
     got_headers = False
     completion: Completion | None = None
     try:
-        async with http.stream("POST", url, content=request.body, headers=headers) as response:
+        response = await http.send(url, headers, request.body)
+        async with aclosing(response):
             got_headers = True
             reading.request_id = response.headers.get("request-id")
             if on_response is not None:
@@ -360,7 +408,7 @@ async def stream_message(
 
 
 async def count_tokens(
-    http: httpx.AsyncClient, url: str, headers: dict[str, str], body: dict[str, Any]
+    http: ApiClient, url: httpx.URL, headers: httpx.Headers, body: dict[str, Any]
 ) -> int:
     """Input tokens of `body` by the free count_tokens endpoint, or an ApiError.
 
@@ -368,9 +416,11 @@ async def count_tokens(
     a body of model/system/messages (no max_tokens), an answer `{"input_tokens": N}`.
     """
     try:
-        response = await http.post(
-            url, json=body, headers={**headers, "accept": "application/json"}
-        )
+        json_headers = httpx.Headers(headers)
+        json_headers["accept"] = "application/json"
+        response = await http.send(url, json_headers, json.dumps(body).encode())
+        async with aclosing(response):
+            await response.aread()
     except httpx.TimeoutException as exc:
         raise ConnectError(
             f"count_tokens timed out ({type(exc).__name__})",

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import httpx
 import polars as pl
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt
 
@@ -151,7 +152,7 @@ async def _count_all(
             counted.rows += 1
             counted.input_tokens += item.estimated_input_tokens
         return counted
-    url = f"{job.base_url}/v1/messages/count_tokens"
+    url = httpx.URL(f"{job.base_url}/v1/messages/count_tokens")
     headers = api_headers(api_key)
     limiter = anyio.CapacityLimiter(options.count_concurrency)
     async with new_http_client(options.count_concurrency, job.retry.idle_timeout) as http:

@@ -20,7 +20,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from runner.client import Completion, stream_message
+from runner.client import ApiClient, Completion, stream_message
 from runner.errors import ApiError, FatalApiError, HttpRetryableError, RetryableError
 from runner.limiter import RateLimiter
 from runner.models import Attempt, Outcome, Request, RowResult, Status, Usage
@@ -88,9 +88,9 @@ class WorkerPool:
 
     def __init__(
         self,
-        http: httpx.AsyncClient,
+        http: ApiClient,
         url: str,
-        headers: dict[str, str],
+        headers: httpx.Headers,
         limiter: RateLimiter,
         prices: PriceTable,
         record: RecordFn,
@@ -102,7 +102,7 @@ class WorkerPool:
         fatal_grace: float,
     ) -> None:
         self.http = http
-        self.url = url
+        self.url = httpx.URL(url)
         self.headers = headers
         self.limiter = limiter
         self.prices = prices

@@ -28,7 +28,6 @@ import os
 import re
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -116,14 +115,25 @@ def _result_record(result: RowResult) -> dict[str, Any]:
 
 
 def _attempt_record(attempt: Attempt) -> dict[str, Any]:
-    record = asdict(attempt)
-    usage = record.pop("usage")
-    record["id"] = record.pop("row_id")
-    record["attempt"] = record.pop("number")
-    record["outcome"] = str(attempt.outcome)
-    record["started_at"] = int(attempt.started_at * 1_000_000)
+    # Field by field: dataclasses.asdict deep-copies, a cost seen on every attempt.
+    usage = attempt.usage
+    record: dict[str, Any] = {
+        "id": attempt.row_id,
+        "attempt": attempt.number,
+        "started_at": int(attempt.started_at * 1_000_000),
+        "outcome": str(attempt.outcome),
+        "http_status": attempt.http_status,
+        "error_type": attempt.error_type,
+        "error_message": attempt.error_message,
+        "retry_after_s": attempt.retry_after_s,
+        "wait_s": attempt.wait_s,
+        "request_id": attempt.request_id,
+        "latency_ms": attempt.latency_ms,
+        "cost_usd": attempt.cost_usd,
+        "fingerprint": attempt.fingerprint,
+    }
     for name in _USAGE_FIELDS:
-        record[name] = usage[name] if usage is not None else None
+        record[name] = getattr(usage, name) if usage is not None else None
     return record
 
 

@@ -15,7 +15,7 @@ from conftest import TEST_KEY
 from helpers import attempts_of, prompts, results_of, run_rows
 
 from runner.cli import cli
-from runner.client import api_headers, stream_message
+from runner.client import api_headers, new_http_client, stream_message
 from runner.models import Request
 from runner.pricing import PriceTable
 from runner.report import active_seconds, build_report, format_report
@@ -99,8 +99,8 @@ def test_a_one_hour_cache_write_is_priced_at_the_one_hour_rate(mock_api, price_f
     request = Request("r", 1, "claude-sonnet-4-5", json.dumps(body).encode(), "f", 10, 50)
 
     async def send() -> object:
-        async with httpx.AsyncClient(timeout=10) as http:
-            url = f"{mock_api.base_url}/v1/messages"
+        async with new_http_client(1, idle_timeout=10) as http:
+            url = httpx.URL(f"{mock_api.base_url}/v1/messages")
             return await stream_message(http, url, api_headers(TEST_KEY), request)
 
     completion = anyio.run(send)

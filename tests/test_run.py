@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import polars as pl
+import pytest
 from helpers import attempts_of, prompts, results_of, run_rows
 
 from runner.mock import MockConfig, serve_in_thread
@@ -173,3 +174,15 @@ def test_utf8_and_lines_split_across_reads(tmp_path: Path) -> None:
         for row, text in zip(rows, results["output_text"], strict=True):
             assert text == mock.record.final_for_prompt(row["prompt"]).text
     assert any(ord(ch) > 127 for ch in "".join(results["output_text"]))
+
+
+def test_proxy_variables_route_requests_through_the_proxy(
+    tmp_path: Path, mock_api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The mock stands in for the proxy: it answers absolute-form requests for any host,
+    # so rows for a host that does not resolve come back ok only if they went through it.
+    monkeypatch.setenv("HTTP_PROXY", mock_api.base_url)
+    rows = prompts(5, prefix="proxied")
+    outcome = run_rows(tmp_path, "http://api.example.invalid", rows)
+    assert outcome.exit_code == 0
+    assert mock_api.record.totals()["requests"] == 5
