@@ -30,7 +30,7 @@ import httpx
 import polars as pl
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt
 
-from runner.client import api_headers, count_tokens, new_http_client
+from runner.client import api_headers, count_tokens
 from runner.errors import ApiError, RejectedError, RetryableError, UsageError
 from runner.inputs import InputReader
 from runner.job import Job
@@ -40,6 +40,7 @@ from runner.render import CHARS_PER_TOKEN, Renderer
 from runner.report import read_run_json
 from runner.run import RunOptions, execute, open_input
 from runner.store import RunStore
+from runner.transport import new_http_client
 
 log = logging.getLogger("runner")
 

@@ -20,8 +20,9 @@ import polars as pl
 from runner.errors import UsageError
 from runner.inputs import InputReader, input_fingerprint
 from runner.models import InputFormat, InputRow, Status
+from runner.parts import RESULT_SCHEMA
 from runner.report import find_runs, read_run_json
-from runner.store import RESULT_SCHEMA, RunStore
+from runner.store import RunStore
 
 FORMATS = ("jsonl", "csv", "parquet")
 INPUT_PREFIX = "input_"

@@ -20,12 +20,13 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from runner.client import ApiClient, Completion, stream_message
+from runner.client import Completion, stream_message
 from runner.errors import ApiError, FatalApiError, HttpRetryableError, RetryableError
 from runner.limiter import RateLimiter
 from runner.models import Attempt, Outcome, Request, RowResult, Status, Usage
 from runner.pricing import PriceTable
 from runner.stats import RunStats
+from runner.transport import ApiClient
 
 log = logging.getLogger("runner")
 

@@ -25,19 +25,21 @@ import anyio
 import polars as pl
 
 from runner import __version__
-from runner.client import api_headers, new_http_client
+from runner.client import api_headers
 from runner.errors import RunnerError, UsageError
 from runner.inputs import InputReader, count_records, input_fingerprint
 from runner.job import Job
 from runner.limiter import RateLimiter
 from runner.models import InvalidRow, Request, RowResult, Status
+from runner.parts import write_json_atomic
 from runner.pool import StopControl, WorkerPool, WorkItem
 from runner.pricing import PriceTable
 from runner.render import Renderer
 from runner.resume import DoneRows, batches, rows_key
 from runner.stats import RunStats
-from runner.store import RunStore, open_store, write_json_atomic
+from runner.store import RunStore, open_store
 from runner.summary import status_counts, summarize
+from runner.transport import new_http_client
 
 log = logging.getLogger("runner")
 
@@ -239,23 +241,9 @@ class _Session:
         """
         limit = self.options.limit
         if settled is not None and limit is None:
-            results = self.store.scan_results(with_state=True)
-            counts = status_counts(results)
-            # A part lost since (a damaged file is ignored) shows as missing rows.
-            if counts[Status.ERROR.value] == 0 and sum(counts.values()) == settled["rows"]:
-                # Input and request unchanged since a session saw every row: no row to read.
-                ok, invalid = counts[Status.OK.value], counts[Status.INVALID.value]
-                if invalid:
-                    self._report_invalid(results)
-                self.stats.total_rows, self.stats.skipped = ok + invalid, ok
-                log.info(
-                    "resuming run %s: input and request unchanged since it finished; "
-                    "%d rows ok, %d invalid: nothing to send",
-                    self.store.run_dir.name,
-                    ok,
-                    invalid,
-                )
-                return EXIT_SOME_FAILED if invalid else EXIT_OK
+            exit_code = self._plan_from_results(settled["rows"])
+            if exit_code is not None:
+                return exit_code
         if self.done.empty:
             self.stats.total_rows = (
                 limit if limit is not None else count_records(self.job.input, self.job.input_format)
@@ -280,6 +268,30 @@ class _Session:
             self.stats.skipped = skip
             return EXIT_OK
         return None
+
+    def _plan_from_results(self, settled_rows: int) -> int | None:
+        """The exit code if the settled run's results show nothing left to send, else None.
+
+        The input and the request settings are unchanged since a session saw every
+        row, so the results alone say what is left: no row needs reading.
+        """
+        results = self.store.scan_results(with_state=True)
+        counts = status_counts(results)
+        # A part lost since (a damaged file is ignored) shows as missing rows.
+        if counts[Status.ERROR.value] or sum(counts.values()) != settled_rows:
+            return None
+        ok, invalid = counts[Status.OK.value], counts[Status.INVALID.value]
+        if invalid:
+            self._report_invalid(results)
+        self.stats.total_rows, self.stats.skipped = ok + invalid, ok
+        log.info(
+            "resuming run %s: input and request unchanged since it finished; "
+            "%d rows ok, %d invalid: nothing to send",
+            self.store.run_dir.name,
+            ok,
+            invalid,
+        )
+        return EXIT_SOME_FAILED if invalid else EXIT_OK
 
     def _report_invalid(self, results: pl.LazyFrame) -> None:
         """Name again the invalid rows an earlier session found: the input is unchanged."""

@@ -14,8 +14,8 @@ the requests in flight. Every `PART_ROWS` rows or `PART_SECONDS` the segment bec
 Parquet part N (temporary name, fsync, rename) and is deleted; a segment left by a
 crash is turned into its part at the next start. Part N is written for segment N
 only, so doing it twice is harmless. Readers keep, per row, the highest part's
-version: compaction writes everything into one new part and then deletes the old
-ones, so a crash between the two steps changes nothing a reader sees.
+version: compaction writes new parts (one per `COMPACT_LINES` input lines) and only
+then deletes the old ones, so a crash between the two steps changes nothing a reader sees.
 """
 
 from __future__ import annotations
@@ -35,6 +35,16 @@ import polars as pl
 
 from runner.errors import RunDirError
 from runner.models import Attempt, RowResult
+from runner.parts import (
+    ATTEMPT_SCHEMA,
+    RESULT_SCHEMA,
+    STATE_SCHEMA,
+    attempt_record,
+    fsync_dir,
+    records_frame,
+    result_record,
+    write_parquet_atomic,
+)
 
 log = logging.getLogger("runner")
 
@@ -43,136 +53,8 @@ PART_SECONDS = 2.0
 # Compaction rewrites the results this many input lines at a time (bounded memory).
 COMPACT_LINES = 20_000
 
-RESULT_SCHEMA: dict[str, Any] = {
-    "id": pl.String,
-    "status": pl.String,
-    "model": pl.String,
-    "output_text": pl.String,
-    "stop_reason": pl.String,
-    "input_tokens": pl.Int64,
-    "output_tokens": pl.Int64,
-    "cache_creation_input_tokens": pl.Int64,
-    "cache_read_input_tokens": pl.Int64,
-    "cost_usd": pl.Float64,
-    "attempts": pl.Int64,
-    "error_type": pl.String,
-    "error_message": pl.String,
-    "request_id": pl.String,
-    "ttft_ms": pl.Float64,
-    "latency_ms": pl.Float64,
-}
-STATE_SCHEMA: dict[str, Any] = {"line": pl.Int64, "fingerprint": pl.String}
-ATTEMPT_SCHEMA: dict[str, Any] = {
-    "id": pl.String,
-    "attempt": pl.Int64,
-    "started_at": pl.Datetime("us", "UTC"),
-    "outcome": pl.String,
-    "http_status": pl.Int64,
-    "error_type": pl.String,
-    "error_message": pl.String,
-    "retry_after_s": pl.Float64,
-    "wait_s": pl.Float64,
-    "request_id": pl.String,
-    "latency_ms": pl.Float64,
-    "input_tokens": pl.Int64,
-    "output_tokens": pl.Int64,
-    "cache_creation_input_tokens": pl.Int64,
-    "cache_read_input_tokens": pl.Int64,
-    "cost_usd": pl.Float64,
-    "fingerprint": pl.String,
-}
-_USAGE_FIELDS = (
-    "input_tokens",
-    "output_tokens",
-    "cache_creation_input_tokens",
-    "cache_read_input_tokens",
-)
 _PART = re.compile(r"^part-(\d{6,})\.parquet$")
 _SEGMENT = re.compile(r"^segment-(\d{6,})\.jsonl$")
-
-
-def _result_record(result: RowResult) -> dict[str, Any]:
-    usage = result.usage
-    record: dict[str, Any] = {
-        "id": result.id,
-        "status": str(result.status),
-        "model": result.model,
-        "output_text": result.output_text,
-        "stop_reason": result.stop_reason,
-        "cost_usd": result.cost_usd,
-        "attempts": result.attempts,
-        "error_type": result.error_type,
-        "error_message": result.error_message,
-        "request_id": result.request_id,
-        "ttft_ms": result.ttft_ms,
-        "latency_ms": result.latency_ms,
-        "line": result.line,
-        "fingerprint": result.fingerprint,
-    }
-    for name in _USAGE_FIELDS:
-        record[name] = getattr(usage, name) if usage is not None else None
-    return record
-
-
-def _attempt_record(attempt: Attempt) -> dict[str, Any]:
-    # Field by field: dataclasses.asdict deep-copies, a cost seen on every attempt.
-    usage = attempt.usage
-    record: dict[str, Any] = {
-        "id": attempt.row_id,
-        "attempt": attempt.number,
-        "started_at": int(attempt.started_at * 1_000_000),
-        "outcome": str(attempt.outcome),
-        "http_status": attempt.http_status,
-        "error_type": attempt.error_type,
-        "error_message": attempt.error_message,
-        "retry_after_s": attempt.retry_after_s,
-        "wait_s": attempt.wait_s,
-        "request_id": attempt.request_id,
-        "latency_ms": attempt.latency_ms,
-        "cost_usd": attempt.cost_usd,
-        "fingerprint": attempt.fingerprint,
-    }
-    for name in _USAGE_FIELDS:
-        record[name] = getattr(usage, name) if usage is not None else None
-    return record
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON to a temporary name, fsync it, then rename it over `path`."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", encoding="utf-8") as fh:
-        json.dump(data, fh, indent=2, ensure_ascii=False, default=str)
-        fh.write("\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_parquet_atomic(frame: pl.DataFrame, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("wb") as fh:
-        frame.write_parquet(fh, compression="zstd")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-def _frame(records: list[dict[str, Any]], schema: dict[str, Any]) -> pl.DataFrame:
-    # started_at travels as epoch microseconds (JSON-friendly) and becomes a UTC datetime here.
-    build = {name: pl.Int64 if name == "started_at" else kind for name, kind in schema.items()}
-    frame = pl.DataFrame({name: [r.get(name) for r in records] for name in schema}, schema=build)
-    if "started_at" in schema:
-        frame = frame.with_columns(pl.col("started_at").cast(schema["started_at"]))
-    return frame
 
 
 class RunStore:
@@ -255,8 +137,8 @@ class RunStore:
     def record(self, result: RowResult | None, attempts: Iterable[Attempt]) -> None:
         """Journal a finished row (or only the attempts of one abandoned mid-retry)."""
         entry = {
-            "r": _result_record(result) if result is not None else None,
-            "a": [_attempt_record(a) for a in attempts],
+            "r": result_record(result) if result is not None else None,
+            "a": [attempt_record(a) for a in attempts],
         }
         assert self._segment_fd is not None, "store is not open"
         os.write(self._segment_fd, (json.dumps(entry, ensure_ascii=False) + "\n").encode())
@@ -303,12 +185,12 @@ class RunStore:
         name = f"part-{number:06d}.parquet"
         # Attempts first, then state, then results: a results part is the commit mark.
         if attempts:
-            _write_parquet_atomic(_frame(attempts, ATTEMPT_SCHEMA), self.attempts_dir / name)
+            write_parquet_atomic(records_frame(attempts, ATTEMPT_SCHEMA), self.attempts_dir / name)
         if results:
-            _write_parquet_atomic(_frame(results, STATE_SCHEMA), self.state_dir / name)
-            _write_parquet_atomic(_frame(results, RESULT_SCHEMA), self.results_dir / name)
+            write_parquet_atomic(records_frame(results, STATE_SCHEMA), self.state_dir / name)
+            write_parquet_atomic(records_frame(results, RESULT_SCHEMA), self.results_dir / name)
         for directory in (self.attempts_dir, self.state_dir, self.results_dir):
-            _fsync_dir(directory)
+            fsync_dir(directory)
 
     def _recover_journal(self) -> None:
         for path in sorted(self.journal_dir.glob("segment-*.jsonl")):
@@ -469,11 +351,11 @@ class RunStore:
                 .sort("line")
             )
             name = f"part-{number:06d}.parquet"
-            _write_parquet_atomic(chunk.select(list(STATE_SCHEMA)), self.state_dir / name)
-            _write_parquet_atomic(chunk.select(list(RESULT_SCHEMA)), self.results_dir / name)
+            write_parquet_atomic(chunk.select(list(STATE_SCHEMA)), self.state_dir / name)
+            write_parquet_atomic(chunk.select(list(RESULT_SCHEMA)), self.results_dir / name)
             number += 1
         for directory in (self.state_dir, self.results_dir):
-            _fsync_dir(directory)
+            fsync_dir(directory)
         for path, n in self._parts(self.results_dir):
             if n < first_new:
                 path.unlink()

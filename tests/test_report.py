@@ -15,10 +15,11 @@ from conftest import TEST_KEY
 from helpers import attempts_of, prompts, results_of, run_rows
 
 from runner.cli import cli
-from runner.client import api_headers, new_http_client, stream_message
+from runner.client import api_headers, stream_message
 from runner.models import Request
 from runner.pricing import PriceTable
 from runner.report import active_seconds, build_report, format_report
+from runner.transport import new_http_client
 
 # Prices chosen so each component is visible on its own in a cost (USD per million tokens).
 PRICES = """

@@ -1,0 +1,151 @@
+"""What a Parquet part holds and how it reaches disk: schemas, records, atomic writes.
+
+A finished row travels as a JSON-ready record (journal line first, then a row of a
+part); every file a run writes is written to a temporary name, fsynced and renamed,
+so a reader sees either the old file or the whole new one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from runner.models import Attempt, RowResult
+
+RESULT_SCHEMA: dict[str, Any] = {
+    "id": pl.String,
+    "status": pl.String,
+    "model": pl.String,
+    "output_text": pl.String,
+    "stop_reason": pl.String,
+    "input_tokens": pl.Int64,
+    "output_tokens": pl.Int64,
+    "cache_creation_input_tokens": pl.Int64,
+    "cache_read_input_tokens": pl.Int64,
+    "cost_usd": pl.Float64,
+    "attempts": pl.Int64,
+    "error_type": pl.String,
+    "error_message": pl.String,
+    "request_id": pl.String,
+    "ttft_ms": pl.Float64,
+    "latency_ms": pl.Float64,
+}
+STATE_SCHEMA: dict[str, Any] = {"line": pl.Int64, "fingerprint": pl.String}
+ATTEMPT_SCHEMA: dict[str, Any] = {
+    "id": pl.String,
+    "attempt": pl.Int64,
+    "started_at": pl.Datetime("us", "UTC"),
+    "outcome": pl.String,
+    "http_status": pl.Int64,
+    "error_type": pl.String,
+    "error_message": pl.String,
+    "retry_after_s": pl.Float64,
+    "wait_s": pl.Float64,
+    "request_id": pl.String,
+    "latency_ms": pl.Float64,
+    "input_tokens": pl.Int64,
+    "output_tokens": pl.Int64,
+    "cache_creation_input_tokens": pl.Int64,
+    "cache_read_input_tokens": pl.Int64,
+    "cost_usd": pl.Float64,
+    "fingerprint": pl.String,
+}
+_USAGE_FIELDS = (
+    "input_tokens",
+    "output_tokens",
+    "cache_creation_input_tokens",
+    "cache_read_input_tokens",
+)
+
+
+def result_record(result: RowResult) -> dict[str, Any]:
+    """A finished row as one JSON-ready record: the results columns plus its state."""
+    usage = result.usage
+    record: dict[str, Any] = {
+        "id": result.id,
+        "status": str(result.status),
+        "model": result.model,
+        "output_text": result.output_text,
+        "stop_reason": result.stop_reason,
+        "cost_usd": result.cost_usd,
+        "attempts": result.attempts,
+        "error_type": result.error_type,
+        "error_message": result.error_message,
+        "request_id": result.request_id,
+        "ttft_ms": result.ttft_ms,
+        "latency_ms": result.latency_ms,
+        "line": result.line,
+        "fingerprint": result.fingerprint,
+    }
+    for name in _USAGE_FIELDS:
+        record[name] = getattr(usage, name) if usage is not None else None
+    return record
+
+
+def attempt_record(attempt: Attempt) -> dict[str, Any]:
+    """One attempt as a JSON-ready record of the attempts table."""
+    # Field by field: dataclasses.asdict deep-copies, a cost seen on every attempt.
+    usage = attempt.usage
+    record: dict[str, Any] = {
+        "id": attempt.row_id,
+        "attempt": attempt.number,
+        "started_at": int(attempt.started_at * 1_000_000),
+        "outcome": str(attempt.outcome),
+        "http_status": attempt.http_status,
+        "error_type": attempt.error_type,
+        "error_message": attempt.error_message,
+        "retry_after_s": attempt.retry_after_s,
+        "wait_s": attempt.wait_s,
+        "request_id": attempt.request_id,
+        "latency_ms": attempt.latency_ms,
+        "cost_usd": attempt.cost_usd,
+        "fingerprint": attempt.fingerprint,
+    }
+    for name in _USAGE_FIELDS:
+        record[name] = getattr(usage, name) if usage is not None else None
+    return record
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON to a temporary name, fsync it, then rename it over `path`."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w", encoding="utf-8") as fh:
+        json.dump(data, fh, indent=2, ensure_ascii=False, default=str)
+        fh.write("\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make a rename in `directory` durable."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_parquet_atomic(frame: pl.DataFrame, path: Path) -> None:
+    """Write a part to a temporary name, fsync it, then rename it over `path`."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("wb") as fh:
+        frame.write_parquet(fh, compression="zstd")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def records_frame(records: list[dict[str, Any]], schema: dict[str, Any]) -> pl.DataFrame:
+    """Journal records as a frame of exactly `schema`'s columns."""
+    # started_at travels as epoch microseconds (JSON-friendly) and becomes a UTC datetime here.
+    build = {name: pl.Int64 if name == "started_at" else kind for name, kind in schema.items()}
+    frame = pl.DataFrame({name: [r.get(name) for r in records] for name in schema}, schema=build)
+    if "started_at" in schema:
+        frame = frame.with_columns(pl.col("started_at").cast(schema["started_at"]))
+    return frame
