@@ -21,37 +21,99 @@ from runner.store import RunStore
 class DoneRows:
     """What earlier sessions of this run left on disk: the rows to skip, attempts so far.
 
-    Kept as Arrow tables and checked a batch at a time with a join, so resuming a
-    large run needs no per-row Python objects.
+    A row is its input line: it is done if the latest outcome at its line is `ok` for
+    the same id and request fingerprint. Each line is kept as hashes of the two, its
+    attempt count and whether it was ok (about 33 bytes, read a range of lines at a
+    time), and each batch is matched against the window of lines it covers, so even a
+    million done rows stay small and no batch hashes the whole table.
     """
 
     def __init__(self, store: RunStore) -> None:
-        results = store.read_results(with_state=True, columns=["id", "status"])
-        self.done = results.filter(pl.col("status") == Status.OK.value).select("id", "fingerprint")
-        self.attempts = store.read_attempts(columns=["id"]).group_by("id").len("prior")
-        self.empty = self.done.is_empty() and self.attempts.is_empty()
-        # Each join hashes the whole done table: few large batches when resuming, small
-        # ones for a fresh run so the first requests go out at once.
+        chunks = [
+            chunk.select(
+                "line",
+                *_hashes(),
+                (pl.col("status") == Status.OK.value).alias("ok"),
+                "attempts",
+            )
+            for chunk in store.results_in_ranges(columns=["id", "status", "attempts"])
+        ]
+        self.rows = pl.concat(chunks) if chunks else pl.DataFrame(schema=_ROWS_SCHEMA)
+        # Attempts are numbered on across sessions, so the highest number is the count.
+        # Only failed ones are needed: a row abandoned mid-retry has no results row.
+        self.failed = (
+            store.scan_attempts()
+            .filter(pl.col("outcome") != "ok")
+            .group_by("id")
+            .agg(pl.col("attempt").max().alias("failed_prior"))
+            .collect(engine="streaming")
+        )
+        self.empty = self.rows.is_empty() and self.failed.is_empty()
+        # Few large batches when resuming, small ones for a fresh run so the first
+        # requests go out at once.
         self.batch = 256 if self.empty else 8192
 
     def triage(self, batch: list[Request]) -> tuple[list[WorkItem], int]:
         """The batch's rows still to send (with their earlier attempts), and how many are done."""
         if self.empty:
             return [WorkItem(request) for request in batch], 0
-        frame = pl.DataFrame(
-            {
-                "id": [r.row_id for r in batch],
-                "fingerprint": [r.fingerprint for r in batch],
-                "i": range(len(batch)),
-            },
-            schema={"id": pl.String, "fingerprint": pl.String, "i": pl.Int64},
+        lines = self.rows["line"]
+        low = lines.search_sorted(batch[0].line, side="left")
+        high = lines.search_sorted(batch[-1].line, side="right")
+        matched = (
+            pl.DataFrame(
+                {
+                    "line": [r.line for r in batch],
+                    "id": [r.row_id for r in batch],
+                    "fingerprint": [r.fingerprint for r in batch],
+                },
+                schema={"line": pl.Int64, "id": pl.String, "fingerprint": pl.String},
+            )
+            .with_row_index("i")
+            .with_columns(_hashes())
+            .join(self.rows.slice(low, high - low), on="line", how="left", suffix="_done")
+            .join(self.failed, on="id", how="left")
+            .sort("i")  # a join need not keep the batch's order
+            .select(
+                (
+                    pl.col("ok").fill_null(False)
+                    & (pl.col("id_hash") == pl.col("id_hash_done"))
+                    & (pl.col("fingerprint_hash") == pl.col("fingerprint_hash_done"))
+                )
+                .fill_null(False)
+                .alias("done"),
+                pl.max_horizontal(
+                    pl.when(pl.col("id_hash") == pl.col("id_hash_done")).then(pl.col("attempts")),
+                    pl.col("failed_prior"),
+                )
+                .fill_null(0)
+                .alias("prior"),
+            )
         )
-        done = set(frame.join(self.done, on=["id", "fingerprint"], how="semi")["i"])
-        prior = dict(frame.join(self.attempts, on="id").select("i", "prior").iter_rows())
         to_send = [
-            WorkItem(request, prior.get(i, 0)) for i, request in enumerate(batch) if i not in done
+            WorkItem(request, prior)
+            for request, done, prior in zip(batch, matched["done"], matched["prior"], strict=True)
+            if not done
         ]
-        return to_send, len(done)
+        return to_send, len(batch) - len(to_send)
+
+
+_ROWS_SCHEMA = {
+    "line": pl.Int64,
+    "id_hash": pl.UInt64,
+    "fingerprint_hash": pl.UInt64,
+    "ok": pl.Boolean,
+    "attempts": pl.Int64,
+}
+
+
+def _hashes() -> list[pl.Expr]:
+    # 64-bit hashes compared at the same line only: a false match needs a collision
+    # between two requests for one line, about 1 in 2^64 per changed row.
+    return [
+        pl.col("id").hash().alias("id_hash"),
+        pl.col("fingerprint").hash().alias("fingerprint_hash"),
+    ]
 
 
 def rows_key(job: Job, input_sha256: str) -> dict[str, str]:

@@ -315,6 +315,39 @@ class RunStore:
         frame = self.scan_attempts()
         return (frame if columns is None else frame.select(columns)).collect()
 
+    def results_in_ranges(self, columns: list[str]) -> Iterator[pl.DataFrame]:
+        """Every line's latest outcome (`columns` and its state), in input order.
+
+        Yields `COMPACT_LINES` lines at a time, so memory stays bounded by one range
+        whatever the run's size, compacted or not.
+        """
+        spans, _ = self._spans()
+        yield from self._ranges(spans, columns, None)
+
+    def _ranges(
+        self, spans: list[tuple[Path, int, int]], columns: list[str] | None, last_line: int | None
+    ) -> Iterator[pl.DataFrame]:
+        if not spans:
+            return
+        end_line = max(high for _, _, high in spans)
+        if last_line is not None:
+            end_line = min(end_line, last_line)
+        for start in range(min(low for _, low, _ in spans), end_line + 1, COMPACT_LINES):
+            stop = min(start + COMPACT_LINES, end_line + 1)
+            frames = []
+            for path, low, high in spans:
+                if high >= start and low < stop:
+                    part = self._read_part(path, columns)
+                    if part is not None:
+                        frames.append(part.filter(pl.col("line").is_between(start, stop - 1)))
+            if frames:
+                # Parts are read in number order: the last version of a line is the latest.
+                yield (
+                    pl.concat(frames, how="vertical_relaxed")
+                    .unique(subset=["line"], keep="last", maintain_order=True)
+                    .sort("line")
+                )
+
     def compact(self, last_line: int | None = None) -> None:
         """Rewrite the results as parts of `COMPACT_LINES` lines each, in input order.
 
@@ -330,26 +363,9 @@ class RunStore:
         beyond = last_line is not None and max(high for _, _, high in spans) > last_line
         if in_order and _one_part_per_range(spans) and not beyond:
             return
-        end_line = max(high for _, _, high in spans)
-        if last_line is not None:
-            end_line = min(end_line, last_line)
         number = self._segment
         first_new = number
-        for start in range(min(low for _, low, _ in spans), end_line + 1, COMPACT_LINES):
-            stop = min(start + COMPACT_LINES, end_line + 1)
-            frames = []
-            for path, low, high in spans:
-                if high >= start and low < stop:
-                    part = self._read_part(path)
-                    if part is not None:
-                        frames.append(part.filter(pl.col("line").is_between(start, stop - 1)))
-            if not frames:
-                continue
-            chunk = (
-                pl.concat(frames, how="vertical_relaxed")
-                .unique(subset=["line"], keep="last", maintain_order=True)
-                .sort("line")
-            )
+        for chunk in self._ranges(spans, None, last_line):
             name = f"part-{number:06d}.parquet"
             write_parquet_atomic(chunk.select(list(STATE_SCHEMA)), self.state_dir / name)
             write_parquet_atomic(chunk.select(list(RESULT_SCHEMA)), self.results_dir / name)

@@ -143,6 +143,38 @@ def test_signal_exits_130_and_the_resume_sends_only_the_rest(
     assert f"skipping {len(ok_first)} rows already ok" in second.stderr
 
 
+def test_attempts_are_numbered_on_across_sessions(tmp_path: Path) -> None:
+    rows = [*prompts(3, prefix="numbered"), {"id": "flaky", "prompt": "x [[fault:500:all]]"}]
+    input_path = write_jsonl(tmp_path / "in.jsonl", rows)
+    run_dir = tmp_path / "out" / "in" / "r1"
+    with serve_in_thread(MockConfig()) as mock:
+        cmd = _command(input_path, mock.base_url, tmp_path / "out")
+
+        def served() -> int:
+            return len(mock.record.attempts_for_prompt(rows[-1]["prompt"]))
+
+        # Stopped while the row waits to retry: its attempts are on disk, the row is not.
+        proc = _start(cmd, tmp_path)
+        deadline = time.monotonic() + 20
+        while served() < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=30)
+        assert proc.returncode == 130
+        # Given up as `error`, then tried again by the next resume.
+        for _ in range(2):
+            again = subprocess.run(
+                [*cmd, "--max-attempts", "2"], cwd=tmp_path, capture_output=True, timeout=60
+            )
+            assert again.returncode == 1
+    attempts = pl.read_parquet(run_dir / "attempts" / "*.parquet").filter(pl.col("id") == "flaky")
+    results = pl.read_parquet(run_dir / "results" / "*.parquet").filter(pl.col("id") == "flaky")
+    total = served()
+    assert total >= 6 and attempts.height == total
+    assert sorted(attempts["attempt"]) == list(range(1, total + 1))
+    assert results["attempts"].to_list() == [total] and results["status"].to_list() == ["error"]
+
+
 def test_second_sigint_stops_at_once(tmp_path: Path) -> None:
     rows = prompts(400, prefix="twice")
     input_path = write_jsonl(tmp_path / "in.jsonl", rows)
