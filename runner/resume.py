@@ -55,7 +55,7 @@ class DoneRows:
 
     def triage(self, batch: list[Request]) -> tuple[list[WorkItem], int]:
         """The batch's rows still to send (with their earlier attempts), and how many are done."""
-        if self.empty:
+        if self.empty or not batch:  # a batch may hold only invalid rows
             return [WorkItem(request) for request in batch], 0
         lines = self.rows["line"]
         low = lines.search_sorted(batch[0].line, side="left")

@@ -418,3 +418,16 @@ def test_directory_without_extension_is_named_a_directory(tmp_path: Path, mock: 
     done = runner(tmp_path, *run_args(mock, "--input", "folder"))
     assert done.returncode == 2
     assert error_lines(done.stderr) == ["folder: is a directory, not an input file"]
+
+
+def test_a_resume_reads_a_batch_of_only_invalid_rows(tmp_path: Path, mock: MockServer) -> None:
+    (tmp_path / "blank.jsonl").write_text('{"id": "a", "prompt": ""}\n{"id": "b", "prompt": " "}\n')
+    args = run_args(mock, "--input", "blank.jsonl", "--id-column", "id", "--run-id", "r1")
+    assert runner(tmp_path, *args).returncode == 1
+    # Other settings: every row is read again, and no batch holds a row to send.
+    again = runner(tmp_path, *args, "--max-tokens", "99")
+    assert again.returncode == 1, again.stderr
+    assert row_lines(again.stderr, "blank.jsonl") == [
+        "blank.jsonl:1: empty prompt",
+        "blank.jsonl:2: empty prompt",
+    ]
