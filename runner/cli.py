@@ -26,15 +26,8 @@ DEMO_API_KEY = "demo-key-not-secret"
 class _Redact(logging.Filter):
     """Replace the API key wherever it might appear in a log line."""
 
-    def __init__(self, secrets: list[str]) -> None:
-        super().__init__()
-        self.secrets = [s for s in secrets if s]
-
     def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        for secret in self.secrets:
-            message = message.replace(secret, "***")
-        record.msg, record.args = message, None
+        record.msg, record.args = _redact(record.getMessage()), None
         return True
 
 
@@ -59,15 +52,21 @@ def setup_logging(quiet: bool = False, log_format: str = "text") -> None:
         handler.setFormatter(_JsonFormatter())
     else:
         handler.setFormatter(logging.Formatter("runner: %(message)s"))
-    handler.addFilter(_Redact([os.environ.get("ANTHROPIC_API_KEY", "")]))
+    handler.addFilter(_Redact())
     log.handlers[:] = [handler]
     log.setLevel(logging.WARNING if quiet else logging.INFO)
     log.propagate = False
 
 
+# A key shorter than this is a placeholder ("x", "test"): masking every occurrence of
+# it would mangle file names and messages instead of hiding a secret.
+_SHORTEST_SECRET = 8
+
+
 def _redact(text: str) -> str:
-    key = os.environ.get("ANTHROPIC_API_KEY")
-    return text.replace(key, "***") if key else text
+    """`text` with the API key masked: the last guard, should a message ever carry it."""
+    key = os.environ.get("ANTHROPIC_API_KEY") or ""
+    return text.replace(key, "***") if len(key) >= _SHORTEST_SECRET else text
 
 
 def _fail(exc: RunnerError, log_format: str = "text") -> None:

@@ -431,3 +431,18 @@ def test_a_resume_reads_a_batch_of_only_invalid_rows(tmp_path: Path, mock: MockS
         "blank.jsonl:1: empty prompt",
         "blank.jsonl:2: empty prompt",
     ]
+
+
+@pytest.mark.parametrize(("key", "shown"), [(FAKE_KEY, "***.jsonl"), ("test", "test.jsonl")])
+def test_a_real_key_is_masked_and_a_placeholder_is_not(
+    tmp_path: Path, key: str, shown: str
+) -> None:
+    # A file named after the key puts the key in the error message.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ANTHROPIC")}
+    env["ANTHROPIC_API_KEY"] = key
+    done = subprocess.run(
+        [sys.executable, "-m", "runner", "run", "--input", f"{key}.jsonl", "--model", "m"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert error_lines(done.stderr) == [f"{shown}: no such file"]
