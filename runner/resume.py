@@ -32,7 +32,7 @@ class DoneRows:
         chunks = [
             chunk.select(
                 "line",
-                *_hashes(),
+                *_HASHES,
                 (pl.col("status") == Status.OK.value).alias("ok"),
                 "attempts",
             )
@@ -70,7 +70,7 @@ class DoneRows:
                 schema={"line": pl.Int64, "id": pl.String, "fingerprint": pl.String},
             )
             .with_row_index("i")
-            .with_columns(_hashes())
+            .with_columns(_HASHES)
             .join(self.rows.slice(low, high - low), on="line", how="left", suffix="_done")
             .join(self.failed, on="id", how="left")
             .sort("i")  # a join need not keep the batch's order
@@ -107,13 +107,12 @@ _ROWS_SCHEMA = {
 }
 
 
-def _hashes() -> list[pl.Expr]:
-    # 64-bit hashes compared at the same line only: a false match needs a collision
-    # between two requests for one line, about 1 in 2^64 per changed row.
-    return [
-        pl.col("id").hash().alias("id_hash"),
-        pl.col("fingerprint").hash().alias("fingerprint_hash"),
-    ]
+# 64-bit hashes compared at the same line only: a false match needs a collision
+# between two requests for one line, about 1 in 2^64 per changed row.
+_HASHES = (
+    pl.col("id").hash().alias("id_hash"),
+    pl.col("fingerprint").hash().alias("fingerprint_hash"),
+)
 
 
 def rows_key(job: Job, input_sha256: str) -> dict[str, str]:

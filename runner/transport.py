@@ -1,9 +1,4 @@
-"""HTTP connections to the API: requests go straight to an httpx transport.
-
-Why not `httpx.AsyncClient`: profiling (bench/README.md) found its per-request layers
-and httpcore's scan of a large pool among the largest client costs; `ApiClient` and
-`ShardedTransport` remove both while keeping httpx's connections, timeouts and errors.
-"""
+"""HTTP connections to the API: httpx's transports and errors, without its client layers."""
 
 from __future__ import annotations
 
