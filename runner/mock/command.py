@@ -133,6 +133,34 @@ def _parse_fault(
     help="Write each stream in pieces of this many bytes (0: whole), to test clients "
     "against UTF-8 and lines split across reads.",
 )
+@click.option(
+    "--batch-processing-s",
+    type=click.FloatRange(min=0),
+    default=MockConfig.batch_processing_s,
+    show_default=True,
+    help="How long a message batch takes to process (its items finish one after another).",
+)
+@click.option(
+    "--batch-errored",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    show_default=True,
+    help="Each batch item's chance of ending errored (api_error or overloaded_error).",
+)
+@click.option(
+    "--batch-expired",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    show_default=True,
+    help="Each batch item's chance of ending expired.",
+)
+@click.option(
+    "--max-batch-bytes",
+    type=click.IntRange(min=1),
+    default=MockConfig.max_batch_bytes,
+    show_default=True,
+    help="Largest message batch body accepted; larger ones get 413 request_too_large.",
+)
 def mock_server(
     host: str,
     port: int,
@@ -149,10 +177,15 @@ def mock_server(
     max_request_bytes: int,
     context_window: int,
     fragment_bytes: int,
+    batch_processing_s: float,
+    batch_errored: float,
+    batch_expired: float,
+    max_batch_bytes: int,
 ) -> None:
-    """Serve the bundled mock Anthropic Messages API (POST /v1/messages and
-    /v1/messages/count_tokens) with deterministic replies, and faults and rate limits
-    on demand. GET /_mock/stats shows what it served; POST /_mock/reset forgets it."""
+    """Serve the bundled mock Anthropic Messages API (POST /v1/messages,
+    /v1/messages/count_tokens and the Message Batches endpoints) with deterministic
+    replies, and faults and rate limits on demand. GET /_mock/stats shows what it
+    served; POST /_mock/reset forgets it."""
     try:
         config = MockConfig(
             latency_ms=latency_ms,
@@ -168,6 +201,10 @@ def mock_server(
             max_request_bytes=max_request_bytes,
             fragment_bytes=fragment_bytes,
             context_window=context_window,
+            batch_processing_s=batch_processing_s,
+            batch_errored=batch_errored,
+            batch_expired=batch_expired,
+            max_batch_bytes=max_batch_bytes,
         )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None

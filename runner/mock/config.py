@@ -49,6 +49,13 @@ class MockConfig:
     # The real API's request size limit for the Messages endpoint is 32 MB.
     max_request_bytes: int = 32 * 1024 * 1024
     context_window: int = 200_000
+    # Message Batches: how long a batch takes to process, each item's chance of ending
+    # errored (api_error / overloaded_error) or expired, and the documented size limits.
+    batch_processing_s: float = 0.5
+    batch_errored: float = 0.0
+    batch_expired: float = 0.0
+    max_batch_requests: int = 100_000
+    max_batch_bytes: int = 256 * 1024 * 1024
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.faults) - set(FAULT_KINDS))
@@ -62,5 +69,9 @@ class MockConfig:
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ValueError(f"{name} must be a positive integer")
+        if not 0.0 <= self.batch_errored + self.batch_expired <= 1.0 + 1e-9:
+            raise ValueError("batch errored and expired rates must sum to at most 1")
+        if min(self.batch_errored, self.batch_expired, self.batch_processing_s) < 0:
+            raise ValueError("batch rates and processing time must not be negative")
         if self.latency_ms < 0 or self.chunk_delay_ms < 0 or self.stall_s < 0:
             raise ValueError("delays must not be negative")

@@ -116,17 +116,22 @@ def encode_stream(
     )
 
 
+def message_object(
+    message_id: str, model: str, reply: Reply, usage: dict[str, Any]
+) -> dict[str, Any]:
+    """A whole Message: a non-streamed reply, or a succeeded batch item's `message`."""
+    return {
+        "id": message_id,
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": [{"type": "text", "text": reply.text}],
+        "stop_reason": reply.stop_reason,
+        "stop_sequence": reply.stop_sequence,
+        "usage": usage,
+    }
+
+
 def encode_message(message_id: str, model: str, reply: Reply, usage: dict[str, Any]) -> bytes:
     """The JSON body of a non-streamed reply."""
-    return dumps(
-        {
-            "id": message_id,
-            "type": "message",
-            "role": "assistant",
-            "model": model,
-            "content": [{"type": "text", "text": reply.text}],
-            "stop_reason": reply.stop_reason,
-            "stop_sequence": reply.stop_sequence,
-            "usage": usage,
-        }
-    )
+    return dumps(message_object(message_id, model, reply, usage))

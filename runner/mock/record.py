@@ -21,7 +21,7 @@ _TOKEN_FIELDS = (
 
 @dataclass(slots=True)
 class ServedAttempt:
-    """One `POST /v1/messages` attempt as the server saw and answered it."""
+    """One `POST /v1/messages` attempt, or one batch item, as the server saw and answered it."""
 
     key: str
     prompt: str
@@ -38,6 +38,7 @@ class ServedAttempt:
     output_tokens_generated: int = 0  # tokens actually sent (what the output bucket paid)
     stop_reason: str | None = None
     completed: bool = False  # the whole answer was sent (message_stop for a stream)
+    custom_id: str | None = None  # a batch item's custom_id (request_id is then the batch id)
 
     @property
     def outcome(self) -> str:

@@ -1,7 +1,8 @@
 """The mock Messages API as an aiohttp application.
 
-Routes: `POST /v1/messages`, `POST /v1/messages/count_tokens`, and for tests in
-another process `GET /_mock/stats` and `POST /_mock/reset`. Every answer carries a
+Routes: `POST /v1/messages`, `POST /v1/messages/count_tokens`, the Message Batches
+endpoints (batch_routes.py), and for tests in another process `GET /_mock/stats` and
+`POST /_mock/reset`. Every answer carries a
 `request-id` header, and the rate-limit headers when limits are set.
 """
 
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from runner.mock.batches import BatchBook, MockBatch, batch_object, chunks
 from runner.mock.cache import PromptCache
 from runner.mock.config import MockConfig
 from runner.mock.encode import dumps, error_body
@@ -26,6 +28,7 @@ from runner.mock.respond import Answer, abort, send_message, send_stream
 from runner.mock.wire import (
     ParsedRequest,
     WireError,
+    check_api_headers,
     parse_count_tokens_request,
     parse_messages_request,
 )
@@ -40,9 +43,11 @@ class MockState:
     cache: PromptCache = field(default_factory=PromptCache)
     seen: dict[str, int] = field(default_factory=dict)  # attempts so far, by request key
     limiter: RateLimiter = field(init=False)
+    batches: BatchBook = field(init=False)
 
     def __post_init__(self) -> None:
         self.limiter = RateLimiter(self.config)
+        self.batches = BatchBook(self.config, self.record, self.cache, self.seen)
 
     def reset(self) -> None:
         """Forget the cache, the attempt counts, the buckets' levels and the record."""
@@ -50,6 +55,7 @@ class MockState:
         self.seen.clear()
         self.limiter.reset()
         self.record.clear()
+        self.batches.clear()
 
 
 STATE = web.AppKey("mock_state", MockState)
@@ -65,6 +71,12 @@ def create_app(
     app[STATE] = MockState(config, record if record is not None else MockRecord())
     app.router.add_post("/v1/messages", _messages)
     app.router.add_post("/v1/messages/count_tokens", _count_tokens)
+    app.router.add_post("/v1/messages/batches", _create_batch)
+    app.router.add_get("/v1/messages/batches", _list_batches)
+    app.router.add_get("/v1/messages/batches/{batch_id}", _retrieve_batch)
+    app.router.add_delete("/v1/messages/batches/{batch_id}", _delete_batch)
+    app.router.add_post("/v1/messages/batches/{batch_id}/cancel", _cancel_batch)
+    app.router.add_get("/v1/messages/batches/{batch_id}/results", _batch_results)
     app.router.add_get("/_mock/stats", _stats)
     app.router.add_post("/_mock/reset", _reset)
     # Last: any other path or method gets the API's JSON 404 rather than aiohttp's text one.
@@ -184,16 +196,7 @@ async def _parse(
 ) -> ParsedRequest:
     """Check the key and version headers, read the body within its limit, and parse it."""
     config = state.config
-    key = request.headers.get("x-api-key", "")
-    if not key:
-        auth = request.headers.get("authorization", "")
-        key = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
-    if not key:
-        raise WireError("x-api-key header is required", 401, "authentication_error")
-    if config.api_key is not None and key != config.api_key:
-        raise WireError("invalid x-api-key", 401, "authentication_error")
-    if not request.headers.get("anthropic-version"):
-        raise WireError("anthropic-version: header is required")
+    check_api_headers(request.headers, config.api_key)
     try:
         body = await request.read()
     except web.HTTPRequestEntityTooLarge as exc:
@@ -203,6 +206,112 @@ async def _parse(
             "request_too_large",
         ) from exc
     return parse(body)
+
+
+# ---- Message Batches (the book of batches is batches.py) ----------------------
+
+
+async def _create_batch(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE]
+    try:
+        check_api_headers(request.headers, state.config.api_key)
+        body = await _read_limited(request, state.config.max_batch_bytes)
+        batch = state.batches.create(body)
+    except WireError as exc:
+        return _error(state, _new_request_id(), exc.status, exc.error_type, exc.message)
+    return _json(batch_object(batch, _origin(request)))
+
+
+async def _retrieve_batch(request: web.Request) -> web.StreamResponse:
+    return _on_batch(request, lambda book, batch_id: book.get(batch_id))
+
+
+async def _cancel_batch(request: web.Request) -> web.StreamResponse:
+    return _on_batch(request, lambda book, batch_id: book.cancel(batch_id))
+
+
+async def _delete_batch(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE]
+    try:
+        check_api_headers(request.headers, state.config.api_key)
+        batch_id = request.match_info["batch_id"]
+        state.batches.delete(batch_id)
+    except WireError as exc:
+        return _error(state, _new_request_id(), exc.status, exc.error_type, exc.message)
+    return _json({"id": batch_id, "type": "message_batch_deleted"})
+
+
+async def _list_batches(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE]
+    query = request.query
+    try:
+        check_api_headers(request.headers, state.config.api_key)
+        limit = int(query.get("limit", "20")) if query.get("limit", "20").isdigit() else 0
+        if not 1 <= limit <= 1000:
+            raise WireError("limit: Input should be an integer from 1 to 1000")
+        batches, more = state.batches.page(limit, query.get("before_id"), query.get("after_id"))
+    except WireError as exc:
+        return _error(state, _new_request_id(), exc.status, exc.error_type, exc.message)
+    origin = _origin(request)
+    return _json(
+        {
+            "data": [batch_object(batch, origin) for batch in batches],
+            "has_more": more,
+            "first_id": batches[0].id if batches else None,
+            "last_id": batches[-1].id if batches else None,
+        }
+    )
+
+
+async def _batch_results(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE]
+    try:
+        check_api_headers(request.headers, state.config.api_key)
+        lines = state.batches.result_lines(request.match_info["batch_id"])
+    except WireError as exc:
+        return _error(state, _new_request_id(), exc.status, exc.error_type, exc.message)
+    response = web.StreamResponse(headers={"request-id": _new_request_id()})
+    response.content_type = "application/binary"
+    await response.prepare(request)
+    for chunk in chunks(lines):
+        await response.write(chunk)
+    await response.write_eof()
+    return response
+
+
+def _on_batch(
+    request: web.Request, act: Callable[[BatchBook, str], MockBatch]
+) -> web.StreamResponse:
+    """Check the headers, apply `act` to the batch in the path, answer the batch object."""
+    state = request.app[STATE]
+    try:
+        check_api_headers(request.headers, state.config.api_key)
+        batch = act(state.batches, request.match_info["batch_id"])
+    except WireError as exc:
+        return _error(state, _new_request_id(), exc.status, exc.error_type, exc.message)
+    return _json(batch_object(batch, _origin(request)))
+
+
+async def _read_limited(request: web.Request, limit: int) -> bytes:
+    """The body, refused with the API's 413 past `limit` bytes (client_max_size is lower)."""
+    too_large = WireError(
+        f"Request exceeds the maximum allowed number of bytes ({limit}).", 413, "request_too_large"
+    )
+    if request.content_length is not None and request.content_length > limit:
+        raise too_large
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_chunked(1 << 16):
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+def _origin(request: web.Request) -> str:
+    """scheme://host:port as the client reached us, for `results_url`."""
+    return f"{request.scheme}://{request.host}"
 
 
 async def _stats(request: web.Request) -> web.Response:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,6 +71,20 @@ class ParsedRequest:
     max_tokens: int = 0
     stream: bool = False
     stop_sequences: tuple[str, ...] = ()
+
+
+def check_api_headers(headers: Mapping[str, str], api_key: str | None) -> None:
+    """Refuse a request without a key (or with the wrong one) or without anthropic-version."""
+    key = headers.get("x-api-key", "")
+    if not key:
+        auth = headers.get("authorization", "")
+        key = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
+    if not key:
+        raise WireError("x-api-key header is required", 401, "authentication_error")
+    if api_key is not None and key != api_key:
+        raise WireError("invalid x-api-key", 401, "authentication_error")
+    if not headers.get("anthropic-version"):
+        raise WireError("anthropic-version: header is required")
 
 
 def text_tokens(text: str) -> int:
