@@ -14,7 +14,9 @@ import click
 
 from runner import __version__
 from runner.errors import RunnerError, UsageError
+from runner.export import FORMATS
 from runner.job import resolve_job
+from runner.models import Status
 from runner.progress import DEFAULT_PLAIN_INTERVAL_S, make_progress, print_failure, print_summary
 from runner.run import RunOptions, RunOutcome, execute
 
@@ -69,8 +71,9 @@ def _redact(text: str) -> str:
     return text.replace(key, "***") if len(key) >= _SHORTEST_SECRET else text
 
 
-def _fail(exc: RunnerError, log_format: str = "text") -> None:
-    print_failure(_redact(str(exc)), exc.exit_code, log_format=log_format)
+def _fail(exc: RunnerError, log_format: str = "text", *, sends: bool = True) -> None:
+    """Print the error and exit with its code; `sends` is False for commands that never send."""
+    print_failure(_redact(str(exc)), exc.exit_code, log_format=log_format, sends=sends)
     sys.exit(exc.exit_code)
 
 
@@ -339,7 +342,7 @@ def report(path: Path, as_json: bool, html: Path | None) -> None:
             return
         built = build_report(path)
     except RunnerError as exc:
-        _fail(exc)
+        _fail(exc, sends=False)
     click.echo(json.dumps(built, indent=2) if as_json else format_report(built))
 
 
@@ -348,41 +351,57 @@ def report(path: Path, as_json: bool, html: Path | None) -> None:
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(["jsonl", "csv", "parquet"]),
-    required=True,
-    help="Output format. Required. CSV is UTF-8 with a BOM, so Excel and LibreOffice read it.",
+    type=click.Choice(FORMATS),
+    help="Output format. Default: from the file's extension (.jsonl, .ndjson, .csv, .parquet); "
+    "JSONL for stdout. CSV is UTF-8 with a BOM, so Excel and LibreOffice read it.",
 )
 @click.option(
     "-o",
     "--output",
-    type=click.Path(path_type=Path),
+    type=click.Path(path_type=Path, allow_dash=True),
     required=True,
-    help="File to write. Required.",
+    help="File to write, or - for stdout. Required. A regular file is replaced whole "
+    "(written aside, then renamed); a device, FIFO or symlink is written in place.",
 )
 @click.option(
     "--status",
-    type=click.Choice(["ok", "error", "invalid"]),
+    type=click.Choice([s.value for s in Status]),
     help="Only rows with this status. Default: every row.",
+)
+@click.option(
+    "--usable",
+    is_flag=True,
+    help="Only complete answers: ok rows that are not refusals, empty, cut at max_tokens "
+    "or pause_turn. Default: off.",
 )
 @click.option(
     "--columns",
     help="Comma-separated output columns, in this order. Default: id, the input's columns, "
-    "then the result columns.",
+    "then the result columns. Also: prompt (the user message as sent) and system. "
+    "Result columns alone need no input file.",
 )
-def export(run_dir: Path, fmt: str, output: Path, status: str | None, columns: str | None) -> None:
+def export(
+    run_dir: Path,
+    fmt: str | None,
+    output: Path,
+    status: str | None,
+    usable: bool,
+    columns: str | None,
+) -> None:
     """Write a run's results joined to their input rows, in input order.
 
-    An input column named like a result column (id, status, model, ...) is renamed
+    An input column named like an output column (id, status, prompt, ...) is renamed
     input_<name>. The input file must be unchanged since the run.
     """
     from runner.export import export_run
 
     wanted = [c.strip() for c in columns.split(",") if c.strip()] if columns else None
     try:
-        count = export_run(run_dir, output, fmt, status=status, columns=wanted)
+        count = export_run(run_dir, output, fmt, status=status, usable=usable, columns=wanted)
     except RunnerError as exc:
-        _fail(exc)
-    click.echo(f"exported {count:,} rows to {output}")
+        _fail(exc, sends=False)
+    where = "stdout" if str(output) == "-" else output
+    click.echo(f"exported {count:,} rows to {where}", err=True)
 
 
 def _demo_job() -> Path:

@@ -2,87 +2,177 @@
 
 The join is on the input line: results carry the line of their row, and the input file
 named in run.json is read again with the run's own reader. Output columns: the result's
-`id`, then the input's columns, then the other result columns. An input column whose name
-is also a result column gets the prefix `input_` (say `input_id`), so nothing is lost.
+`id`, then the input's columns, then the other result columns. Two more can be asked for
+with `columns`: `prompt` (the user message as it was sent) and `system`, rendered again
+from the input with the run's own request settings. An input column whose name is also
+an output column gets the prefix `input_` (say `input_id`), so nothing is lost. Asking
+only for result columns needs no input at all.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
+import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import fields, replace
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import polars as pl
 
-from runner.errors import UsageError
+from runner.answers import USABLE, answer_kind
+from runner.errors import RunnerError, UsageError
 from runner.inputs import InputReader, input_fingerprint
-from runner.models import InputFormat, InputRow, Status
+from runner.job import RequestSpec
+from runner.models import InputFormat, InputRow, Request, Status
 from runner.parts import RESULT_SCHEMA
+from runner.render import Renderer
 from runner.report import find_runs, read_run_json
 from runner.store import RunStore
 
 FORMATS = ("jsonl", "csv", "parquet")
+EXTENSIONS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".parquet": "parquet"}
+STDOUT = "-"
 INPUT_PREFIX = "input_"
+# Columns rendered from the input on request: what was sent, for prompt/completion pairs.
+RENDERED = ("prompt", "system")
+
+
+def export_format(out: Path, fmt: str | None) -> str:
+    """The format asked for, else the one the file's extension names; a stream's is JSONL."""
+    if fmt is not None:
+        if fmt not in FORMATS:
+            raise UsageError(f"export format must be one of {', '.join(FORMATS)}, not '{fmt}'")
+        return fmt
+    found = EXTENSIONS.get(out.suffix.lower())
+    if found is None and _is_stream(out):
+        return "jsonl"
+    if found is None:
+        known = ", ".join(EXTENSIONS)
+        raise UsageError(f"{out}: give --format: the extension is not one of {known}")
+    return found
 
 
 def export_run(
     run_dir: Path,
     out: Path,
-    fmt: str,
+    fmt: str | None = None,
     *,
     status: str | None = None,
+    usable: bool = False,
     columns: list[str] | None = None,
 ) -> int:
-    """Write `run_dir`'s results joined to their input rows to `out`; return the rows written."""
-    if fmt not in FORMATS:
-        raise UsageError(f"export format must be one of {', '.join(FORMATS)}, not '{fmt}'")
+    """Write `run_dir`'s results joined to their input rows to `out`; return the rows written.
+
+    `out` is `-` for stdout. `usable` keeps only complete answers (see runner.answers).
+    """
+    fmt = export_format(out, fmt)
     if status is not None and status not in {s.value for s in Status}:
         raise UsageError(f"--status must be ok, error or invalid, not '{status}'")
+    if usable and status not in (None, Status.OK.value):
+        raise UsageError(f"--usable keeps ok rows only: it cannot go with --status {status}")
+    if str(out) == STDOUT and fmt == "parquet" and sys.stdout.isatty():
+        raise UsageError("Parquet is binary: give -o FILE, or pipe stdout somewhere")
     kind, _ = find_runs(run_dir)
     if kind != "run":
         raise UsageError(f"{run_dir}: a job dir; export takes one run dir (reports/JOB/RUN_ID)")
     results = RunStore(run_dir).read_results(with_state=True)
     if status is not None:
         results = results.filter(pl.col("status") == status)
-    reader = _input_reader(run_dir)
-    input_columns = _input_columns(reader)
-    renamed = {name: _output_name(name) for name in input_columns}
-    available = ["id", *renamed.values(), *(c for c in RESULT_SCHEMA if c != "id")]
-    wanted = columns or available
-    unknown = [name for name in wanted if name not in available]
-    if unknown:
-        raise UsageError(f"no column '{unknown[0]}' to export (columns: {', '.join(available)})")
-    records = _joined(results, reader, renamed, wanted)
-    tmp = out.with_name(f".{out.name}.tmp")
+    if usable:
+        results = results.filter(answer_kind(results.columns) == USABLE)
+    result_columns = list(RESULT_SCHEMA)
+    if columns is not None and set(columns) <= set(result_columns):
+        records = _results_only(results, columns)
+        wanted = columns
+    else:
+        run_info = read_run_json(run_dir)
+        reader = _input_reader(run_dir, run_info, result_columns)
+        renamed = {name: _output_name(name) for name in _input_columns(reader)}
+        default = ["id", *renamed.values(), *(c for c in result_columns if c != "id")]
+        wanted = columns or default
+        available = [*default, *RENDERED]
+        unknown = [name for name in wanted if name not in available]
+        if unknown:
+            raise UsageError(
+                f"no column '{unknown[0]}' to export (columns: {', '.join(available)})"
+            )
+        renderer = _renderer(run_info) if set(RENDERED) & set(wanted) else None
+        records = _joined(results, reader, renamed, wanted, renderer)
+    with _target(out) as fh:
+        return _WRITERS[fmt](records, fh, wanted)
+
+
+def _is_stream(out: Path) -> bool:
+    """Stdout, or something that exists and is not a regular file (/dev/stdout, a FIFO)."""
+    return str(out) == STDOUT or out.is_symlink() or (out.exists() and not out.is_file())
+
+
+@contextmanager
+def _target(out: Path) -> Iterator[IO[bytes]]:
+    """A binary stream onto `out`: stdout, the file in place, or a temporary file renamed.
+
+    A regular file is written under a temporary name and renamed, so a reader never sees
+    half of it. Anything else that exists (/dev/stdout, a FIFO, a terminal, a symlink) is
+    written where it is: renaming over it would replace the device or link with a file.
+    """
     try:
-        count = _WRITERS[fmt](records, tmp, wanted)
-        os.replace(tmp, out)  # a reader of `out` never sees half a file
+        if str(out) == STDOUT:
+            yield sys.stdout.buffer
+            sys.stdout.buffer.flush()
+        elif out.is_dir():
+            raise UsageError(f"{out}: is a directory; give a file name")
+        elif _is_stream(out):
+            with out.open("wb") as fh:
+                yield fh
+        else:
+            tmp = out.with_name(f".{out.name}.tmp")
+            try:
+                with tmp.open("wb") as fh:
+                    yield fh
+                os.replace(tmp, out)
+            finally:
+                tmp.unlink(missing_ok=True)
+    except BrokenPipeError:
+        # The reader went away (`| head`): quiet the interpreter's own flush at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise RunnerError(f"{out}: the reader closed the pipe before the export ended") from None
     except OSError as exc:
         raise UsageError(f"{out}: cannot write: {exc.strerror or exc}") from None
-    finally:
-        tmp.unlink(missing_ok=True)
-    return count
 
 
-def _input_reader(run_dir: Path) -> InputReader:
+def _input_reader(run_dir: Path, info: dict[str, Any], result_columns: list[str]) -> InputReader:
     """The run's input, read as the run read it, refusing a file that has changed since."""
-    info = read_run_json(run_dir)
     job, fingerprint = info.get("job") or {}, info.get("input") or {}
     path = Path(fingerprint.get("path") or job.get("input") or "")
+    # Result columns need no input: say so, since they are what can still be exported.
+    instead = f"; export without it: --columns {','.join(result_columns)}"
     if not path.is_file():
-        raise UsageError(f"{run_dir}: the run's input {path} is gone: cannot join results to it")
+        raise UsageError(
+            f"{run_dir}: the run's input {path} is gone: cannot join results to it{instead}"
+        )
     if input_fingerprint(path)["sha256"] != fingerprint.get("sha256"):
         # Joining on line numbers of a file that has changed would pair the wrong rows.
-        raise UsageError(f"{path} changed since run {run_dir.name}: cannot join results to it")
+        raise UsageError(
+            f"{path} changed since run {run_dir.name}: cannot join results to it{instead}"
+        )
     fmt = job.get("input_format")
     reader = InputReader(
         path, fmt=InputFormat(fmt) if fmt else None, id_column=job.get("id_column")
     )
     reader.check()
     return reader
+
+
+def _renderer(info: dict[str, Any]) -> Renderer:
+    """The run's own renderer, rebuilt from the request settings run.json recorded."""
+    recorded = (info.get("job") or {}).get("request") or {}
+    known = {f.name for f in fields(RequestSpec)}
+    return Renderer(replace(RequestSpec(), **{k: v for k, v in recorded.items() if k in known}))
 
 
 def _input_columns(reader: InputReader) -> list[str]:
@@ -97,12 +187,37 @@ def _input_columns(reader: InputReader) -> list[str]:
 
 
 def _output_name(name: str) -> str:
-    clash = name in RESULT_SCHEMA or name.startswith(INPUT_PREFIX)
+    clash = name in RESULT_SCHEMA or name in RENDERED or name.startswith(INPUT_PREFIX)
     return INPUT_PREFIX + name if clash else name
 
 
+def _results_only(results: pl.DataFrame, wanted: list[str]) -> Iterator[dict[str, Any]]:
+    for record in results.iter_rows(named=True):
+        yield {name: record[name] for name in wanted}
+
+
+def _sent(renderer: Renderer, row: InputRow) -> dict[str, Any]:
+    """The `prompt` and `system` of the request the row renders to, as the body says them."""
+    request = renderer.render(row)
+    if not isinstance(request, Request):
+        return {}
+    body = json.loads(request.body)
+    return {"prompt": _text(body["messages"][0]["content"]), "system": _text(body.get("system"))}
+
+
+def _text(content: Any) -> Any:
+    """A message's content as text: a string as it is, text blocks joined."""
+    if isinstance(content, list):
+        return "".join(b.get("text", "") for b in content if isinstance(b, dict))
+    return content
+
+
 def _joined(
-    results: pl.DataFrame, reader: InputReader, renamed: dict[str, str], wanted: list[str]
+    results: pl.DataFrame,
+    reader: InputReader,
+    renamed: dict[str, str],
+    wanted: list[str],
+    renderer: Renderer | None,
 ) -> Iterator[dict[str, Any]]:
     """Merge-join results and input rows, both in line order: memory holds one row of each."""
     rows = iter(reader)
@@ -110,24 +225,37 @@ def _joined(
     for result in results.iter_rows(named=True):
         while current is not None and current.line < result["line"]:
             current = next(rows, None)
-        record = dict.fromkeys(renamed.values())
+        record = dict.fromkeys([*renamed.values(), *RENDERED])
         if isinstance(current, InputRow) and current.line == result["line"]:
             # An invalid row whose columns could be read (a missing prompt) keeps them.
             record.update({renamed[k]: v for k, v in current.columns.items()})
+            if renderer is not None:
+                record.update(_sent(renderer, current))
         record.update({k: v for k, v in result.items() if k in RESULT_SCHEMA})
         yield {name: record[name] for name in wanted}
 
 
-def _write_jsonl(records: Iterator[dict[str, Any]], path: Path, wanted: list[str]) -> int:
+@contextmanager
+def _text_stream(fh: IO[bytes]) -> Iterator[io.TextIOWrapper]:
+    """UTF-8 text over `fh`, handed back unclosed (stdout stays open)."""
+    text = io.TextIOWrapper(fh, encoding="utf-8", newline="")
+    try:
+        yield text
+        text.flush()
+    finally:
+        text.detach()
+
+
+def _write_jsonl(records: Iterator[dict[str, Any]], fh: IO[bytes], wanted: list[str]) -> int:
     count = 0
-    with path.open("w", encoding="utf-8", newline="\n") as fh:
+    with _text_stream(fh) as text:
         for record in records:
-            fh.write(json.dumps(record, ensure_ascii=False) + "\n")
+            text.write(json.dumps(record, ensure_ascii=False) + "\n")
             count += 1
     return count
 
 
-def _write_csv(records: Iterator[dict[str, Any]], path: Path, wanted: list[str]) -> int:
+def _write_csv(records: Iterator[dict[str, Any]], fh: IO[bytes], wanted: list[str]) -> int:
     """RFC 4180 CSV (CRLF, fields with quotes or newlines quoted), UTF-8 with a BOM.
 
     Excel reads a CSV without a BOM in the system's ANSI code page and garbles any
@@ -135,8 +263,9 @@ def _write_csv(records: Iterator[dict[str, Any]], path: Path, wanted: list[str])
     honours the BOM too. Nested JSON values are written as JSON text, null as empty.
     """
     count = 0
-    with path.open("w", encoding="utf-8-sig", newline="") as fh:
-        writer = csv.writer(fh, lineterminator="\r\n")
+    with _text_stream(fh) as text:
+        text.write("\ufeff")
+        writer = csv.writer(text, lineterminator="\r\n")
         writer.writerow(wanted)
         for record in records:
             writer.writerow([_cell(record[name]) for name in wanted])
@@ -152,8 +281,11 @@ def _cell(value: Any) -> Any:
     return value
 
 
-def _write_parquet(records: Iterator[dict[str, Any]], path: Path, wanted: list[str]) -> int:
-    """Parquet wants one type per column: an input column of mixed types becomes JSON text."""
+def _write_parquet(records: Iterator[dict[str, Any]], fh: IO[bytes], wanted: list[str]) -> int:
+    """Parquet wants one type per column: an input column of mixed types becomes JSON text.
+
+    The file is built in memory and written in one go, so a pipe (not seekable) takes it.
+    """
     data: dict[str, list[Any]] = {name: [] for name in wanted}
     for record in records:
         for name in wanted:
@@ -165,7 +297,9 @@ def _write_parquet(records: Iterator[dict[str, Any]], path: Path, wanted: list[s
         else:
             series.append(_input_series(name, data[name]))
     frame = pl.DataFrame(series) if series else pl.DataFrame()
-    frame.write_parquet(path)
+    buffer = io.BytesIO()
+    frame.write_parquet(buffer)
+    fh.write(buffer.getbuffer())
     return frame.height
 
 

@@ -354,9 +354,16 @@ def print_summary(outcome: Any, *, quiet: bool = False, log_format: str = "text"
         print("\n".join(summary_lines(outcome)), flush=True)
 
 
-def print_failure(message: str, exit_code: int, *, log_format: str = "text") -> None:
-    """The error and a final line for a run that stopped before it began (exit 2)."""
-    final = f"exit {exit_code}: {'nothing was sent; ' if exit_code == 2 else ''}fix the above"
+def print_failure(
+    message: str, exit_code: int, *, log_format: str = "text", sends: bool = True
+) -> None:
+    """The error and a final line for a command that stopped before it began.
+
+    `sends` says the command would have sent requests (run, demo, estimate): its exit 2
+    tells the user nothing was; `report` and `export` never send, so they do not say it.
+    """
+    nothing_sent = "nothing was sent; " if sends and exit_code == 2 else ""
+    final = f"exit {exit_code}: {nothing_sent}fix the above"
     if log_format == "json":
         log.error("error: %s", message)
         _emit(final, {"event": "summary", "exit_code": exit_code, "error": message})
