@@ -36,7 +36,7 @@ import polars as pl
 from runner.job import resolve_job
 from runner.run import RunOptions, execute
 
-MODEL = "claude-sonnet-4-5"
+MODEL = "claude-sonnet-5-5"
 CONCURRENCY = 32
 LATENCY_MS = 100
 CHUNK_DELAY_MS = 5

@@ -43,7 +43,7 @@ def build_finished_run(root: Path, rows: int) -> tuple[Path, Path]:
             fh.write(json.dumps({"id": f"{i:07d}", "prompt": f"resume bench row {i}"}) + "\n")
     job = resolve_job(
         None,
-        {"input": input_path, "id_column": "id", "request.model": "claude-sonnet-4-5"},
+        {"input": input_path, "id_column": "id", "request.model": "claude-sonnet-5-5"},
     )
     renderer = Renderer(job.request)
     run_dir = root / "out" / input_path.stem / "done"
@@ -74,7 +74,7 @@ def time_resume(input_path: Path, out: Path) -> tuple[float, float]:
     """Wall seconds and peak RSS (MB) of `runner run` on the finished run."""
     cmd = [
         sys.executable, "-m", "runner", "run", "--input", str(input_path), "--id-column", "id",
-        "--model", "claude-sonnet-4-5", "--base-url", "http://127.0.0.1:9",
+        "--model", "claude-sonnet-5-5", "--base-url", "http://127.0.0.1:9",
         "--output-dir", str(out), "--run-id", "done", "--quiet",
     ]  # fmt: skip
     env = dict(os.environ, ANTHROPIC_API_KEY="bench-key")

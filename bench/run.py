@@ -26,7 +26,7 @@ import polars as pl
 from measure import run_measured
 
 HERE = Path(__file__).resolve().parent
-MODEL = "claude-sonnet-4-5"
+MODEL = "claude-sonnet-5-5"
 # Above this share of one core the mock itself may be what limits throughput.
 MOCK_BUSY_LIMIT = 0.85
 

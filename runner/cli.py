@@ -160,6 +160,12 @@ def _run_options(func: Any) -> Any:
             help="Price file that overrides or extends the built-in table.",
         ),
         click.option("--limit", type=int, help="Only the first N input rows. Default: all."),
+        click.option(
+            "--allow-retired",
+            is_flag=True,
+            help="Send to a model the price table says is retired (a reseller may still "
+            "serve it). Default: refuse with exit 2.",
+        ),
     ]
     for option in reversed(options):
         func = option(func)
@@ -243,6 +249,7 @@ def run(**kwargs: Any) -> None:
                 resume=kwargs["resume"],
                 limit=kwargs["limit"],
                 argv=tuple(sys.argv[1:]),
+                allow_retired=kwargs["allow_retired"],
                 progress=make_progress(
                     quiet=kwargs["quiet"],
                     log_format=kwargs["log_format"],
@@ -308,6 +315,7 @@ def estimate(**kwargs: Any) -> None:
                 limit=kwargs["limit"],
                 output_dir=kwargs["output_dir"],
                 count_concurrency=kwargs["count_concurrency"],
+                allow_retired=kwargs["allow_retired"],
             ),
         )
     except RunnerError as exc:

@@ -34,8 +34,9 @@ from runner.client import api_headers, count_tokens
 from runner.errors import ApiError, RejectedError, RetryableError, UsageError
 from runner.inputs import InputReader
 from runner.job import Job
+from runner.lifecycle import check_model, stale_prices_warning
 from runner.models import InputRow, Request, Status, Usage
-from runner.pricing import PriceTable
+from runner.pricing import PriceTable, describe
 from runner.render import CHARS_PER_TOKEN, Renderer
 from runner.report import read_run_json
 from runner.run import RunOptions, execute, open_input
@@ -51,6 +52,8 @@ OFFLINE_ERROR = 0.30
 COUNT_FIELDS = ("model", "system", "messages", "tools", "tool_choice", "thinking")
 COUNT_ATTEMPTS = 5
 LISTED_INVALID = 100
+# run.json keeps the whole table; an estimate names only its source.
+_TABLE_DETAIL = ("models", "fees", "inference_geo")
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +66,7 @@ class EstimateOptions:
     output_dir: Path = Path("reports")
     api_key: str | None = None
     count_concurrency: int = 8
+    allow_retired: bool = False
 
 
 @dataclass(slots=True)
@@ -89,6 +93,14 @@ def estimate(job: Job, options: EstimateOptions) -> dict[str, Any]:
         raise UsageError("no API key: set ANTHROPIC_API_KEY, or use --offline without --pilot")
     renderer, reader = open_input(job)
     prices = PriceTable.load(job.prices, job.price_overrides or None)
+    warnings = [
+        w
+        for w in (
+            check_model(prices, str(job.request.model), allow_retired=options.allow_retired),
+            stale_prices_warning(prices),
+        )
+        if w
+    ]
     pilot = None
     if options.pilot:
         outcome = execute(
@@ -98,6 +110,7 @@ def estimate(job: Job, options: EstimateOptions) -> dict[str, Any]:
                 limit=options.pilot,
                 api_key=api_key,
                 argv=("estimate", "--pilot", str(options.pilot)),
+                allow_retired=options.allow_retired,
             ),
         )
         pilot = outcome.run_dir
@@ -105,7 +118,7 @@ def estimate(job: Job, options: EstimateOptions) -> dict[str, Any]:
     counted = anyio.run(_count_all, job, renderer, reader, options, api_key or "")
     if counted.failure is not None:
         raise counted.failure
-    return _figures(job, options, prices, counted, learned)
+    return {**_figures(job, options, prices, counted, learned), "warnings": warnings}
 
 
 def _learn(run_dir: Path, source: str) -> dict[str, Any] | None:
@@ -288,6 +301,9 @@ def _figures(
         },
         "cost_usd": priced(prices.cost),
         "batch_cost_usd": priced(prices.batch_cost),
+        "prices": {
+            key: value for key, value in prices.to_dict().items() if key not in _TABLE_DETAIL
+        },
         "wall_time": _wall_time(job, n, itpm_tokens, expected_out, learned),
     }
 
@@ -360,7 +376,9 @@ def format_estimate(figures: dict[str, Any]) -> str:
     else:
         lines.append(f"wall time: {wall['expected_s']:,.1f}s, bound by {wall['binding']}")
         lines += [f"  {name}: {seconds:,.1f}s" for name, seconds in wall["meters"].items()]
+    lines += describe(figures["prices"])
     lines.append("(retries are not included: failed attempts cost extra)")
+    lines += [f"warning: {warning}" for warning in figures.get("warnings", [])]
     return "\n".join(lines)
 
 

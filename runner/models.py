@@ -78,6 +78,10 @@ class Usage:
     # message_start's usage.cache_creation; all 5-minute when the API omits it.
     cache_creation_5m: int = 0
     cache_creation_1h: int = 0
+    # Billed per request (usage.server_tool_use), and where inference ran (usage.inference_geo).
+    web_search_requests: int = 0
+    web_fetch_requests: int = 0
+    inference_geo: str | None = None
 
     @property
     def total_tokens(self) -> int:
@@ -119,6 +123,7 @@ class RowResult:
     usage: Usage | None = None
     cost_usd: float | None = None
     attempts: int = 0
+    served_model: str | None = None
     error_type: str | None = None
     error_message: str | None = None
     request_id: str | None = None

@@ -31,6 +31,7 @@ import polars as pl
 
 from runner.errors import UsageError
 from runner.models import Status
+from runner.pricing import describe
 from runner.store import RunStore
 
 TOKEN_KINDS = (
@@ -39,6 +40,7 @@ TOKEN_KINDS = (
     "cache_creation_input_tokens",
     "cache_read_input_tokens",
 )
+PRICE_SOURCE_KEYS = ("as_of", "source", "kind", "builtin_as_of", "overrides")
 PERCENTILES = (50, 90, 99)
 EXAMPLE_IDS = 3
 TOP_ERRORS = 10
@@ -101,7 +103,7 @@ def _run_report(
         "job": (info.get("job") or {}).get("name", run_dir.parent.name),
         "started_at": info.get("first_started_at") or info.get("started_at"),
         "ended_at": info.get("ended_at"),
-        "prices": {k: prices.get(k) for k in ("as_of", "source", "overrides")},
+        "prices": {k: prices.get(k) for k in PRICE_SOURCE_KEYS},
         **account(results, attempts),
         "latency_ms": percentiles(ok["latency_ms"]),
         "ttft_ms": percentiles(ok["ttft_ms"]),
@@ -266,10 +268,7 @@ def _format_run(run: dict[str, Any]) -> list[str]:
         for error in run["errors"]:
             ids = ", ".join(error["example_ids"])
             lines.append(f"  {error['rows']:>7,} {error['error_type']}  (e.g. {ids})")
-    prices = run["prices"]
-    lines.append(f"prices: as of {prices['as_of']} ({prices['source']})")
-    for override in prices.get("overrides") or []:
-        lines.append(f"  overridden by {override}")
+    lines += describe(run["prices"])
     return lines
 
 

@@ -29,6 +29,7 @@ from runner.client import api_headers
 from runner.errors import RunnerError, UsageError
 from runner.inputs import InputReader, count_records, input_fingerprint
 from runner.job import Job
+from runner.lifecycle import check_model
 from runner.limiter import RateLimiter
 from runner.models import InvalidRow, Request, RowResult, Status
 from runner.parts import write_json_atomic
@@ -59,6 +60,8 @@ class RunOptions:
     argv: tuple[str, ...] = ()
     # Shows the run as it goes: `await progress.run(stats, limiter)` runs until cancelled.
     progress: Any = None
+    # Send requests to a model the price table says is retired (a reseller may serve it).
+    allow_retired: bool = False
 
 
 @dataclass(slots=True)
@@ -143,6 +146,7 @@ def execute(job: Job, options: RunOptions) -> RunOutcome:
         raise UsageError("no API key: set ANTHROPIC_API_KEY (runner demo needs none)")
     renderer, reader = open_input(job)
     prices = PriceTable.load(job.prices, job.price_overrides or None)
+    check_model(prices, job.request.model, allow_retired=options.allow_retired)
     run_dir = resolve_run_dir(job, options)
     run_dir.mkdir(parents=True, exist_ok=True)
     with open_store(run_dir) as store:

@@ -38,7 +38,7 @@ def run_rows(
         "input": input_path,
         "id_column": "id",
         "base_url": base_url,
-        "request.model": "claude-sonnet-4-5",
+        "request.model": "claude-sonnet-5-5",
         "request.max_tokens": 64,
         "limits.concurrency": 16,
     }

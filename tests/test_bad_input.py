@@ -64,7 +64,7 @@ def run_args(mock: MockServer, *args: str, command: str = "run") -> list[str]:
         "--base-url",
         mock.base_url,
         "--model",
-        "claude-sonnet-4-5",
+        "claude-sonnet-5-5",
         "--output-dir",
         "out",
         "--max-tokens",

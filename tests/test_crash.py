@@ -25,7 +25,7 @@ def _command(input_path: Path, url: str, out: Path, *extra: str) -> list[str]:
     return [
         sys.executable, "-m", "runner", "run",
         "--input", str(input_path), "--id-column", "id", "--base-url", url,
-        "--model", "claude-sonnet-4-5", "--max-tokens", "32",
+        "--model", "claude-sonnet-5-5", "--max-tokens", "32",
         "--concurrency", str(CONCURRENCY), "--output-dir", str(out), "--run-id", "r1",
         *extra,
     ]  # fmt: skip

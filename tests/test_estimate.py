@@ -52,7 +52,7 @@ def test_a_cached_system_prompt_is_priced_within_the_bounds(tmp_path: Path, mock
         "input": path,
         "id_column": "id",
         "base_url": mock_api.base_url,
-        "request.model": "claude-sonnet-4-5",
+        "request.model": "claude-sonnet-5-5",
         "request.max_tokens": 80,
         "request.system": "You summarise harbour-town news for busy readers. " * 30,
         "request.cache_system": True,
@@ -105,7 +105,7 @@ def test_invalid_rows_are_counted_and_listed(tmp_path: Path, mock_api) -> None:
 
 def test_the_binding_limit_sets_the_wall_time(tmp_path: Path, mock_api) -> None:
     path = write_jsonl(tmp_path / "input.jsonl", prompts(30))
-    flags = {"input": path, "base_url": mock_api.base_url, "request.model": "claude-sonnet-4-5"}
+    flags = {"input": path, "base_url": mock_api.base_url, "request.model": "claude-sonnet-5-5"}
     slow = resolve_job(None, {**flags, "limits.requests_per_minute": 10})
     figures = estimate(slow, EstimateOptions(output_dir=tmp_path / "reports"))
     assert figures["wall_time"] == {
@@ -126,7 +126,7 @@ def test_the_cli_prints_json_and_needs_no_key_offline(
 ) -> None:
     monkeypatch.delenv("ANTHROPIC_API_KEY")
     path = write_jsonl(tmp_path / "input.jsonl", prompts(3))
-    args = ["estimate", "--input", str(path), "--model", "claude-sonnet-4-5", "--json"]
+    args = ["estimate", "--input", str(path), "--model", "claude-sonnet-5-5", "--json"]
     result = CliRunner().invoke(cli, [*args, "--offline"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     figures = json.loads(result.output)

@@ -43,7 +43,7 @@ def run_dir(tmp_path: Path, mock_api) -> Path:
         "input": path,
         "id_column": "id",
         "base_url": mock_api.base_url,
-        "request.model": "claude-sonnet-4-5",
+        "request.model": "claude-sonnet-5-5",
         "request.max_tokens": 64,
         "limits.concurrency": 8,
     }

@@ -98,7 +98,7 @@ def test_page_is_self_contained_with_every_chart(tmp_path: Path, faulty_run: Pat
     # SVG's own url(#id) references stay inside the page; nothing else may be fetched.
     assert not re.search(r"url\((?!#)", page) and "@import" not in page and "@font-face" not in page
     assert parsed.charts_with_svg == set(CHART_IDS)
-    assert "claude-sonnet-4-5" in page  # the per-model chart's label
+    assert "claude-sonnet-5-5" in page  # the per-model chart's label
     assert "invalid_request_error" in page and "api_error" in page  # errors by type
     assert "39 ok · 1 error · 0 invalid" in page
     assert not list(tmp_path.glob(".*.tmp"))

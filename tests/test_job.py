@@ -11,7 +11,7 @@ from runner.errors import JobFileError, UsageError
 from runner.job import load_job_file, resolve_job
 from runner.models import InputFormat
 
-HEAD = 'input = "in.csv"\n[request]\nmodel = "claude-sonnet-4-5"\n'
+HEAD = 'input = "in.csv"\n[request]\nmodel = "claude-sonnet-5-5"\n'
 
 
 def job_error(tmp_path: Path, text: str | bytes, flags: dict[str, Any] | None = None) -> str:

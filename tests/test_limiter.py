@@ -36,7 +36,7 @@ class FakeClock:
 
 
 def _request(estimate: int = 100, max_tokens: int = 64) -> Request:
-    return Request("r1", 1, "claude-sonnet-4-5", b"{}", "fp", estimate, max_tokens)
+    return Request("r1", 1, "claude-sonnet-5-5", b"{}", "fp", estimate, max_tokens)
 
 
 # --- the pure arithmetic -------------------------------------------------------------
@@ -123,7 +123,7 @@ async def test_input_charge_is_corrected_by_usage_and_cache_reads_do_not_count()
     assert limiter.buckets["itpm"].level == pytest.approx(before - 50)
     assert limiter.in_flight == 0
     # The next estimate goes through the factor learned from the real count.
-    assert limiter.snapshot()["input_token_factor"] == {"claude-sonnet-4-5": 0.5}
+    assert limiter.snapshot()["input_token_factor"] == {"claude-sonnet-5-5": 0.5}
 
 
 @pytest.mark.anyio
@@ -181,7 +181,7 @@ def test_a_429_pauses_and_lowers_the_concurrency_once_per_pause() -> None:
 def _drain_input_tokens(base_url: str, tokens: int) -> None:
     """Spend about `tokens` of the mock's input-token bucket with one big prompt."""
     body = {
-        "model": "claude-sonnet-4-5",
+        "model": "claude-sonnet-5-5",
         "max_tokens": 1,
         "messages": [{"role": "user", "content": "drain " + "x" * (tokens * 4)}],
     }

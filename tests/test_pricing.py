@@ -16,7 +16,7 @@ from runner.models import Usage
 from runner.pricing import ModelPrice, PriceTable
 
 DATA = Path(__file__).parent / "data" / "prices"
-SONNET = "claude-sonnet-4-5"  # $3 in, $3.75 5m write, $6 1h write, $0.30 read, $15 out
+SONNET = "claude-sonnet-4-6"  # $3 in, $3.75 5m write, $6 1h write, $0.30 read, $15 out
 
 
 @pytest.fixture
@@ -132,7 +132,7 @@ def test_unknown_model_gives_none_and_one_warning(
 
 
 def test_builtin_table_has_date_and_source(table: PriceTable) -> None:
-    assert table.as_of == "2026-11-24"
+    assert table.as_of == "2026-11-29"
     assert table.source.startswith("https://platform.claude.com/docs/")
 
 
@@ -142,7 +142,7 @@ def test_override_file_changes_a_price_and_adds_a_model() -> None:
     assert table.price_for("fast") == ModelPrice(0.5, 0.625, 1.0, 0.05, 2.0)
     assert table.cost("reseller-fast-1", Usage(output_tokens=1_000_000)) == 2.0
     assert table.source == "https://reseller.example/pricing"
-    assert table.as_of == "2026-11-24"  # not set by the override: the built-in date stays
+    assert table.as_of == "2026-11-29"  # not set by the override: the built-in date stays
     assert table.price_for("claude-haiku-4-5") is not None  # the rest is untouched
 
 
@@ -222,14 +222,20 @@ def test_to_dict_round_trips_through_json() -> None:
     data = table.to_dict()
     assert json.loads(json.dumps(data)) == data
     assert data["batch_multiplier"] == 0.5
-    assert data["overrides"] == [f"prices file {DATA / 'reseller.toml'}"]
+    assert data["overrides"] == [
+        f"prices file {DATA / 'reseller.toml'}: {SONNET} custom; reseller-fast-1 custom"
+    ]
+    assert data["kind"] == "custom"
     assert data["models"][SONNET] == {
         "input": 2.4,
         "cache_write_5m": 3.75,
         "cache_write_1h": 6.0,
         "cache_read": 0.30,
         "output": 12.0,
-        "aliases": ["claude-sonnet-4-5-20250929"],
+        "long_prompt_above": None,
+        "long_prompt": None,
+        "aliases": [],
+        "kind": "custom",
     }
     assert data["models"]["reseller-fast-1"]["aliases"] == ["fast"]
 

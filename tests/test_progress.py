@@ -123,7 +123,7 @@ def _run_cli(tmp_path: Path, base_url: str, *flags: str) -> subprocess.Completed
     input_path = write_jsonl(tmp_path / "input.jsonl", prompts(30))
     command = [sys.executable, "-m", "runner", "run", "--input", str(input_path)]
     command += ["--id-column", "id", "--base-url", base_url, "--concurrency", "2"]
-    command += ["--model", "claude-sonnet-4-5", "--max-tokens", "64"]
+    command += ["--model", "claude-sonnet-5-5", "--max-tokens", "64"]
     command += ["--output-dir", str(tmp_path / "reports"), *flags]
     return subprocess.run(command, capture_output=True, text=True, timeout=DEADLINE_S)
 

@@ -23,7 +23,7 @@ from runner.transport import new_http_client
 
 # Prices chosen so each component is visible on its own in a cost (USD per million tokens).
 PRICES = """
-[models.claude-sonnet-4-5]
+[models.claude-sonnet-5-5]
 input = 1.0
 cache_write_5m = 10.0
 cache_write_1h = 100.0
@@ -80,7 +80,7 @@ def test_a_one_hour_cache_write_is_priced_at_the_one_hour_rate(mock_api, price_f
     prices = PriceTable.load(price_file)
     cached = {"type": "ephemeral", "ttl": "1h"}
     body = {
-        "model": "claude-sonnet-4-5",
+        "model": "claude-sonnet-5-5",
         "max_tokens": 50,
         "stream": True,
         "system": [{"type": "text", "text": SYSTEM, "cache_control": cached}],
@@ -97,7 +97,7 @@ def test_a_one_hour_cache_write_is_priced_at_the_one_hour_rate(mock_api, price_f
             },
         ],
     }
-    request = Request("r", 1, "claude-sonnet-4-5", json.dumps(body).encode(), "f", 10, 50)
+    request = Request("r", 1, "claude-sonnet-5-5", json.dumps(body).encode(), "f", 10, 50)
 
     async def send() -> object:
         async with new_http_client(1, idle_timeout=10) as http:
@@ -108,7 +108,7 @@ def test_a_one_hour_cache_write_is_priced_at_the_one_hour_rate(mock_api, price_f
     served = mock_api.record.attempts()[-1].usage
     assert served["cache_creation"]["ephemeral_1h_input_tokens"] > 0
     assert served["cache_creation"]["ephemeral_5m_input_tokens"] > 0
-    cost = prices.cost("claude-sonnet-4-5", completion.usage)
+    cost = prices.cost("claude-sonnet-5-5", completion.usage)
     assert cost == pytest.approx(hand_cost(served), abs=1e-10)
 
 
@@ -177,7 +177,7 @@ def test_report_totals_equal_the_sums_of_the_parquet_rows(tmp_path: Path, mock_a
     for name, total in report["tokens"].items():
         assert total == ok[name].sum(), name
     assert report["cost_usd"] == pytest.approx(ok["cost_usd"].sum(), abs=1e-9)
-    assert report["by_model"]["claude-sonnet-4-5"]["tokens"] == report["tokens"]
+    assert report["by_model"]["claude-sonnet-5-5"]["tokens"] == report["tokens"]
     assert report["attempts"] == attempts.height == 24
     assert report["retries"]["by_error_type"] == {"api_error": 2, "invalid_request_error": 1}
     errors = {e["error_type"]: e for e in report["errors"]}

@@ -64,7 +64,7 @@ def test_results_have_exactly_the_contract_schema(tmp_path: Path, mock_api) -> N
     outcome = run_rows(tmp_path, mock_api.base_url, prompts(20))
     results = results_of(outcome.run_dir)
     assert dict(results.schema) == CONTRACT
-    assert results["cost_usd"].null_count() == 0  # claude-sonnet-4-5 has a price
+    assert results["cost_usd"].null_count() == 0  # claude-sonnet-5-5 has a price
 
 
 def test_output_text_survives_utf8_and_json_escapes(tmp_path: Path, mock_api) -> None:
