@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -55,3 +60,26 @@ def results_of(run_dir: Path) -> pl.DataFrame:
 def attempts_of(run_dir: Path) -> pl.DataFrame:
     """The run's attempts table."""
     return pl.read_parquet(run_dir / "attempts" / "*.parquet")
+
+
+@contextmanager
+def mock_process(record: Path, *options: str) -> Iterator[str]:
+    """`runner mock-server --record RECORD` as a real process; yields its base URL."""
+    cmd = [sys.executable, "-m", "runner", "mock-server", "--record", str(record), *options]
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) as process:
+        try:
+            assert process.stdout is not None
+            line = process.stdout.readline()
+            assert line.startswith("mock API listening on "), line
+            yield line.split()[-1]
+        finally:
+            process.send_signal(signal.SIGTERM)
+            process.wait(timeout=10)
+
+
+def served(record: Path) -> list[dict[str, Any]]:
+    """The attempts a `--record` file holds so far, in the order they ended."""
+    if not record.exists():
+        return []
+    lines = record.read_text("utf-8").splitlines()
+    return [json.loads(line) for line in lines if line.endswith("}")]

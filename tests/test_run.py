@@ -10,7 +10,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from helpers import attempts_of, prompts, results_of, run_rows
+from helpers import attempts_of, mock_process, prompts, results_of, run_rows, served
 
 from runner.mock import MockConfig, serve_in_thread
 
@@ -186,3 +186,33 @@ def test_proxy_variables_route_requests_through_the_proxy(
     outcome = run_rows(tmp_path, "http://api.example.invalid", rows)
     assert outcome.exit_code == 0
     assert mock_api.record.totals()["requests"] == 5
+
+
+def test_mock_record_file_holds_every_attempt_the_attempts_table_holds(tmp_path: Path) -> None:
+    rows = [*prompts(5, prefix="recorded"), {"id": "flaky", "prompt": "x [[fault:500:2]]"}]
+    input_path = tmp_path / "in.jsonl"
+    input_path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    record = tmp_path / "served.jsonl"
+    with mock_process(record) as url:
+        done = subprocess.run(
+            [
+                sys.executable, "-m", "runner", "run", "--input", str(input_path),
+                "--id-column", "id", "--base-url", url, "--model", "claude-sonnet-4-5",
+                "--output-dir", str(tmp_path / "out"), "--run-id", "r1",
+            ],  # fmt: skip
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert done.returncode == 0, done.stderr
+    lines = served(record)
+    assert len(lines) == 8  # 5 rows once, the flaky one three times
+    flaky = [line for line in lines if line["prompt"] == rows[-1]["prompt"]]
+    assert [line["outcome"] for line in flaky] == ["fault:500", "fault:500", "ok"]
+    assert [line["status"] for line in flaky] == [500, 500, 200]
+    assert all(line["ended_at"] >= line["started_at"] for line in lines)
+    attempts = attempts_of(tmp_path / "out" / "in" / "r1")
+    assert sorted(attempts["request_id"]) == sorted(line["request_id"] for line in lines)
+    ok = {line["request_id"]: line["usage"]["output_tokens"] for line in lines if line["completed"]}
+    results = results_of(tmp_path / "out" / "in" / "r1")
+    assert dict(zip(results["request_id"], results["output_tokens"], strict=True)) == ok

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+from pathlib import Path
 
 import click
 
@@ -161,6 +162,15 @@ def _parse_fault(
     show_default=True,
     help="Largest message batch body accepted; larger ones get 413 request_too_large.",
 )
+@click.option(
+    "--record",
+    "record_path",
+    type=click.Path(dir_okay=False, writable=True, path_type=Path),
+    default=None,
+    help="Append one JSON line per attempt served to FILE when it ends: the prompt (the row "
+    "marker), request id, status, outcome, usage reported and tokens generated, start and "
+    "end time.  [default: none]",
+)
 def mock_server(
     host: str,
     port: int,
@@ -181,6 +191,7 @@ def mock_server(
     batch_errored: float,
     batch_expired: float,
     max_batch_bytes: int,
+    record_path: Path | None,
 ) -> None:
     """Serve the bundled mock Anthropic Messages API (POST /v1/messages,
     /v1/messages/count_tokens and the Message Batches endpoints) with deterministic
@@ -209,15 +220,20 @@ def mock_server(
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_serve(config, host, port))
+        asyncio.run(_serve(config, host, port, record_path))
 
 
-async def _serve(config: MockConfig, host: str, port: int) -> None:
+async def _serve(config: MockConfig, host: str, port: int, record_path: Path | None) -> None:
     from runner.mock.serve import start_server, stop_server  # aiohttp: only when serving
 
     try:
-        runner, url = await start_server(config, MockRecord(keep_attempts=False), host, port)
+        record = MockRecord(keep_attempts=False, record_path=record_path)
     except OSError as exc:
+        raise click.ClickException(f"cannot write {record_path}: {exc.strerror}") from None
+    try:
+        runner, url = await start_server(config, record, host, port)
+    except OSError as exc:
+        record.close()
         raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror}") from None
     click.echo(f"mock API listening on {url}")
     click.get_text_stream("stdout").flush()
@@ -230,3 +246,4 @@ async def _serve(config: MockConfig, host: str, port: int) -> None:
         await stop.wait()
     finally:
         await stop_server(runner)
+        record.close()

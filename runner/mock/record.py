@@ -1,14 +1,18 @@
 """What the mock really served, so tests can hold a client's report against it.
 
 The server runs in its own thread; every access goes through one lock and readers
-get copies, never the live entries.
+get copies, never the live entries. With a record file (`runner mock-server
+--record FILE`) every attempt is also written as one JSON line when it ends, so a
+test in another process, or a user, can see exactly what was sent and paid for.
 """
 
 from __future__ import annotations
 
+import json
 import threading
 from collections import Counter
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 _TOKEN_FIELDS = (
@@ -49,17 +53,35 @@ class ServedAttempt:
             return f"error:{self.error_type}"
         return "ok" if self.completed else "incomplete"
 
+    def as_line(self) -> dict[str, Any]:
+        """The record file's line for this attempt (`prompt` is the row marker)."""
+        return {
+            "prompt": self.prompt,
+            "key": self.key,
+            "number": self.number,
+            "request_id": self.request_id,
+            "started_at": self.started_at,
+            "ended_at": self.ended_at,
+            "status": self.status,
+            "outcome": self.outcome,
+            "completed": self.completed,
+            "usage": self.usage,
+            "output_tokens_generated": self.output_tokens_generated,
+        }
+
 
 class MockRecord:
     """Every attempt served, by request key and by prompt, plus running totals.
 
     With `keep_attempts=False` (the long-running CLI server) only the totals are kept,
-    so memory stays flat however many requests it serves.
+    so memory stays flat however many requests it serves. With `record_path`, each
+    finished attempt is appended to that file as one JSON line (flushed at once).
     """
 
-    def __init__(self, keep_attempts: bool = True) -> None:
+    def __init__(self, keep_attempts: bool = True, record_path: Path | None = None) -> None:
         self._lock = threading.Lock()
         self._keep = keep_attempts
+        self._sink = record_path.open("a", encoding="utf-8") if record_path else None
         self._attempts: list[ServedAttempt] = []
         self._by_key: dict[str, list[ServedAttempt]] = {}
         self._by_prompt: dict[str, list[ServedAttempt]] = {}
@@ -93,6 +115,16 @@ class MockRecord:
             for name in _TOKEN_FIELDS:
                 self._tokens[name] += int(attempt.usage.get(name, 0))
             self._tokens["output_tokens_generated"] += attempt.output_tokens_generated
+            if self._sink is not None:
+                self._sink.write(json.dumps(attempt.as_line(), ensure_ascii=False) + "\n")
+                self._sink.flush()
+
+    def close(self) -> None:
+        """Close the record file, if any."""
+        with self._lock:
+            if self._sink is not None:
+                self._sink.close()
+                self._sink = None
 
     def clear(self) -> None:
         """Forget everything (the server's `POST /_mock/reset`)."""
