@@ -194,16 +194,12 @@ def test_mock_record_file_holds_every_attempt_the_attempts_table_holds(tmp_path:
     input_path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     record = tmp_path / "served.jsonl"
     with mock_process(record) as url:
-        done = subprocess.run(
-            [
-                sys.executable, "-m", "runner", "run", "--input", str(input_path),
-                "--id-column", "id", "--base-url", url, "--model", "claude-sonnet-4-5",
-                "--output-dir", str(tmp_path / "out"), "--run-id", "r1",
-            ],  # fmt: skip
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        cmd = [
+            sys.executable, "-m", "runner", "run", "--input", str(input_path),
+            "--id-column", "id", "--base-url", url, "--model", "claude-sonnet-4-5",
+            "--output-dir", str(tmp_path / "out"), "--run-id", "r1",
+        ]  # fmt: skip
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     lines = served(record)
     assert len(lines) == 8  # 5 rows once, the flaky one three times
