@@ -55,6 +55,8 @@ class Completion:
     request_id: str | None
     ttft_ms: float | None
     latency_ms: float
+    # message_start's message.model: the model that answered (a proxy may substitute).
+    served_model: str | None = None
 
 
 def api_headers(api_key: str) -> httpx.Headers:
@@ -95,21 +97,33 @@ def parse_retry_after(headers: httpx.Headers) -> float | None:
 class _UsageTracker:
     """Usage as the stream reports it: message_start first, message_delta fields override."""
 
-    __slots__ = ("fields", "split")
+    __slots__ = ("fields", "geo", "server_tools", "split")
 
     def __init__(self) -> None:
         self.fields: dict[str, int] = {}
         self.split: dict[str, int] = {}
+        self.server_tools: dict[str, int] = {}
+        self.geo: str | None = None
 
     def start(self, usage: dict[str, Any]) -> None:
         self.fields.update({k: v for k, v in usage.items() if isinstance(v, int)})
+        self._priced_extras(usage)
         split = usage.get("cache_creation")
         if isinstance(split, dict):
             self.split = split
 
+    def _priced_extras(self, usage: dict[str, Any]) -> None:
+        # Billed per request (usage.server_tool_use) and by region (usage.inference_geo).
+        tools = usage.get("server_tool_use")
+        if isinstance(tools, dict):
+            self.server_tools = {k: v for k, v in tools.items() if isinstance(v, int)}
+        if isinstance(usage.get("inference_geo"), str):
+            self.geo = usage["inference_geo"]
+
     def delta(self, usage: dict[str, Any]) -> None:
         # message_delta's counts are cumulative: replace, never add.
         self.fields.update({k: v for k, v in usage.items() if isinstance(v, int)})
+        self._priced_extras(usage)
 
     def usage(self) -> Usage:
         f = self.fields
@@ -125,6 +139,9 @@ class _UsageTracker:
             cache_read_input_tokens=f.get("cache_read_input_tokens", 0) or 0,
             cache_creation_5m=five,
             cache_creation_1h=hour,
+            web_search_requests=self.server_tools.get("web_search_requests", 0),
+            web_fetch_requests=self.server_tools.get("web_fetch_requests", 0),
+            inference_geo=self.geo,
         )
 
 
@@ -164,7 +181,15 @@ def _http_error(response: httpx.Response, body: str) -> ApiError:
 class _Reading:
     """What one attempt's stream has said so far, and what each event adds to it."""
 
-    __slots__ = ("request_id", "started", "stop_reason", "text", "tracker", "ttft_ms")
+    __slots__ = (
+        "request_id",
+        "served_model",
+        "started",
+        "stop_reason",
+        "text",
+        "tracker",
+        "ttft_ms",
+    )
 
     def __init__(self, started: float) -> None:
         self.started = started
@@ -173,6 +198,7 @@ class _Reading:
         self.request_id: str | None = None
         self.ttft_ms: float | None = None
         self.stop_reason: str | None = None
+        self.served_model: str | None = None
 
     def on_event(self, kind: str, data: str) -> Completion | None:
         """Take in one event; the Completion once it is `message_stop`."""
@@ -184,7 +210,10 @@ class _Reading:
                     self.ttft_ms = (time.perf_counter() - self.started) * 1000.0
                 self.text.append(delta["text"])
         elif kind == "message_start":
-            self.tracker.start(json.loads(data).get("message", {}).get("usage") or {})
+            message = json.loads(data).get("message", {})
+            self.tracker.start(message.get("usage") or {})
+            if isinstance(message.get("model"), str):
+                self.served_model = message["model"]
         elif kind == "message_delta":
             fields = json.loads(data)
             self.tracker.delta(fields.get("usage") or {})
@@ -197,6 +226,7 @@ class _Reading:
                 request_id=self.request_id,
                 ttft_ms=self.ttft_ms,
                 latency_ms=(time.perf_counter() - self.started) * 1000.0,
+                served_model=self.served_model,
             )
         elif kind == "error":
             error_type, message, _ = _error_body(data)

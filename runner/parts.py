@@ -33,6 +33,7 @@ RESULT_SCHEMA: dict[str, Any] = {
     "request_id": pl.String,
     "ttft_ms": pl.Float64,
     "latency_ms": pl.Float64,
+    "served_model": pl.String,
 }
 STATE_SCHEMA: dict[str, Any] = {"line": pl.Int64, "fingerprint": pl.String}
 ATTEMPT_SCHEMA: dict[str, Any] = {
@@ -78,6 +79,7 @@ def result_record(result: RowResult) -> dict[str, Any]:
         "request_id": result.request_id,
         "ttft_ms": result.ttft_ms,
         "latency_ms": result.latency_ms,
+        "served_model": result.served_model,
         "line": result.line,
         "fingerprint": result.fingerprint,
     }

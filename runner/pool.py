@@ -156,7 +156,9 @@ class WorkerPool:
             output_text=completion.text,
             stop_reason=completion.stop_reason,
             usage=completion.usage,
-            cost_usd=self.prices.cost(request.model, completion.usage),
+            # Priced by the model that answered; `model` stays the one asked for.
+            cost_usd=self.prices.cost(completion.served_model or request.model, completion.usage),
+            served_model=completion.served_model,
             attempts=item.prior_attempts + len(attempts),
             request_id=completion.request_id,
             ttft_ms=completion.ttft_ms,

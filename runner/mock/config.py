@@ -49,6 +49,8 @@ class MockConfig:
     # The real API's request size limit for the Messages endpoint is 32 MB.
     max_request_bytes: int = 32 * 1024 * 1024
     context_window: int = 200_000
+    # Answer every request as this model (message.model), as a reseller that substitutes.
+    serve_model: str | None = None
     # Message Batches: how long a batch takes to process, each item's chance of ending
     # errored (api_error / overloaded_error) or expired, and the documented size limits.
     batch_processing_s: float = 0.5

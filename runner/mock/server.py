@@ -152,7 +152,8 @@ def _admit(state: MockState, parsed: ParsedRequest, request_id: str) -> Answer |
         )
     reply = generate_reply(parsed)
     usage = state.cache.use(parsed)
-    return Answer(request_id, parsed.model, reply, usage.as_usage(reply.output_tokens))
+    model = state.config.serve_model or parsed.model
+    return Answer(request_id, model, reply, usage.as_usage(reply.output_tokens))
 
 
 def _settled(state: MockState, attempt: ServedAttempt, answer: Answer) -> None:
