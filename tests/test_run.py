@@ -31,6 +31,7 @@ CONTRACT = {
     "request_id": pl.String,
     "ttft_ms": pl.Float64,
     "latency_ms": pl.Float64,
+    "served_model": pl.String,
 }
 
 
