@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 import time
 from pathlib import Path
@@ -16,6 +15,7 @@ from runner import __version__
 from runner.errors import RunnerError, UsageError
 from runner.export import FORMATS
 from runner.job import resolve_job
+from runner.logs import redact, setup_logging
 from runner.models import Status
 from runner.progress import DEFAULT_PLAIN_INTERVAL_S, make_progress, print_failure, print_summary
 from runner.run import RunOptions, RunOutcome, execute
@@ -25,55 +25,9 @@ log = logging.getLogger("runner")
 DEMO_API_KEY = "demo-key-not-secret"
 
 
-class _Redact(logging.Filter):
-    """Replace the API key wherever it might appear in a log line."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        record.msg, record.args = _redact(record.getMessage()), None
-        return True
-
-
-class _JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        return json.dumps(
-            {
-                "ts": round(record.created, 3),
-                "level": record.levelname.lower(),
-                "message": record.getMessage(),
-                # Progress and summary lines carry their figures as fields (runner/progress.py).
-                **getattr(record, "fields", {}),
-            },
-            ensure_ascii=False,
-        )
-
-
-def setup_logging(quiet: bool = False, log_format: str = "text") -> None:
-    """Log lines on stderr: `runner: ...` for people, JSON lines for log collectors."""
-    handler = logging.StreamHandler(sys.stderr)
-    if log_format == "json":
-        handler.setFormatter(_JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("runner: %(message)s"))
-    handler.addFilter(_Redact())
-    log.handlers[:] = [handler]
-    log.setLevel(logging.WARNING if quiet else logging.INFO)
-    log.propagate = False
-
-
-# A key shorter than this is a placeholder ("x", "test"): masking every occurrence of
-# it would mangle file names and messages instead of hiding a secret.
-_SHORTEST_SECRET = 8
-
-
-def _redact(text: str) -> str:
-    """`text` with the API key masked: the last guard, should a message ever carry it."""
-    key = os.environ.get("ANTHROPIC_API_KEY") or ""
-    return text.replace(key, "***") if len(key) >= _SHORTEST_SECRET else text
-
-
 def _fail(exc: RunnerError, log_format: str = "text", *, sends: bool = True) -> None:
     """Print the error and exit with its code; `sends` is False for commands that never send."""
-    print_failure(_redact(str(exc)), exc.exit_code, log_format=log_format, sends=sends)
+    print_failure(redact(str(exc)), exc.exit_code, log_format=log_format, sends=sends)
     sys.exit(exc.exit_code)
 
 
@@ -104,7 +58,7 @@ def main() -> None:
         if _debug:
             raise
         click.echo(
-            f"runner: internal error: {type(exc).__name__}: {_redact(str(exc))} "
+            f"runner: internal error: {type(exc).__name__}: {redact(str(exc))} "
             "(run `runner --debug ...` for the traceback)",
             err=True,
         )
@@ -339,6 +293,7 @@ def report(path: Path, as_json: bool, html: Path | None) -> None:
     """
     from runner.report import build_report, format_report
 
+    setup_logging()
     try:
         if as_json and html is not None:
             raise UsageError("give --json or --html, not both")
@@ -403,6 +358,7 @@ def export(
     """
     from runner.export import export_run
 
+    setup_logging()
     wanted = [c.strip() for c in columns.split(",") if c.strip()] if columns else None
     try:
         count = export_run(run_dir, output, fmt, status=status, usable=usable, columns=wanted)

@@ -24,6 +24,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+from runner.logs import emit
 from runner.stats import RunStats
 
 log = logging.getLogger("runner")
@@ -337,17 +338,10 @@ def final_line(outcome: Any) -> str:
     return line
 
 
-def _emit(message: str, fields: dict[str, Any]) -> None:
-    """A final JSON line through the run's log handler, even under --quiet (WARNING level)."""
-    record = log.makeRecord(log.name, logging.INFO, __file__, 0, message, None, None)
-    record.fields = fields
-    log.handle(record)
-
-
 def print_summary(outcome: Any, *, quiet: bool = False, log_format: str = "text") -> None:
     """Print the final summary where this invocation's user looks for it."""
     if log_format == "json":
-        _emit(final_line(outcome), summary_fields(outcome))
+        emit(logging.INFO, final_line(outcome), summary_fields(outcome))
     elif quiet:
         print(final_line(outcome), flush=True)
     else:
@@ -366,6 +360,8 @@ def print_failure(
     final = f"exit {exit_code}: {nothing_sent}fix the above"
     if log_format == "json":
         log.error("error: %s", message)
-        _emit(final, {"event": "summary", "exit_code": exit_code, "error": message})
+        emit(logging.INFO, final, {"event": "summary", "exit_code": exit_code, "error": message})
     else:
-        print(f"runner: error: {message}\nrunner: {final}", file=sys.stderr, flush=True)
+        # Through the handler, even under --quiet: a cron log gets its timestamps.
+        emit(logging.ERROR, f"error: {message}", {})
+        emit(logging.ERROR, final, {})

@@ -31,6 +31,7 @@ from runner.inputs import InputReader, count_records, input_fingerprint
 from runner.job import Job
 from runner.lifecycle import check_model
 from runner.limiter import RateLimiter
+from runner.logs import bind_run, log_start
 from runner.models import InvalidRow, Request, RowResult, Status
 from runner.parts import write_json_atomic
 from runner.pool import StopControl, WorkerPool, WorkItem
@@ -179,8 +180,11 @@ class _Session:
     def run(self) -> RunOutcome:
         """Start, drive the pool unless nothing is left, then compact and summarise."""
         run_dir = self.store.run_dir
+        bind_run(run_dir.name, self.job.name)
         run_info, key = self._start_run_json()
         exit_code = self._plan(run_info["settled"])
+        resumed = run_info["first_started_at"] != run_info["started_at"]
+        log_start(self.job, run_dir, self.stats.total_rows, resumed=resumed)
         if exit_code is None:
             exit_code = anyio.run(self._drive)
         if exit_code in (EXIT_OK, EXIT_SOME_FAILED):

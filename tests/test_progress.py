@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 import select
 import struct
 import subprocess
@@ -135,11 +136,29 @@ def slow_api():
         yield server
 
 
+# A cron log's lines start with the time they were written, in ISO 8601 UTC.
+STAMPED = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ (runner: .*)$")
+
+
+def _unstamped(stderr: str) -> list[str]:
+    """Each stderr line without its timestamp, checking that every line has one."""
+    matches = [STAMPED.match(line) for line in stderr.splitlines()]
+    assert all(matches), stderr
+    return [m.group(1) for m in matches if m]
+
+
 def test_without_a_terminal_plain_lines_and_no_control_characters(tmp_path: Path, slow_api) -> None:
     done = _run_cli(tmp_path, slow_api.base_url, "--progress-interval", "0.1")
     assert done.returncode == 0, done.stderr
-    progress = [line for line in done.stderr.splitlines() if line.startswith("runner: progress:")]
+    lines = _unstamped(done.stderr)
+    progress = [line for line in lines if line.startswith("runner: progress:")]
     assert progress, done.stderr
+    # The first line says which run this is, before any progress.
+    start = lines[0]
+    assert start.startswith("runner: start: run ") and ", job input," in start
+    for piece in ("input.jsonl (30 rows)", "mode stream", "model claude-sonnet-4-5"):
+        assert piece in start
+    assert "concurrency 2" in start and "no rate limits given" in start
     assert "/30 rows (" in progress[-1] and "req/s" in progress[-1]
     for text in (done.stdout, done.stderr):
         assert not any(ord(c) < 32 and c != "\n" for c in text), repr(text)
@@ -152,6 +171,11 @@ def test_json_log_format_writes_progress_and_summary_as_fields(tmp_path: Path, s
     )
     assert done.returncode == 0, done.stderr
     lines = [json.loads(line) for line in done.stderr.splitlines()]
+    start = lines[0]
+    assert start["event"] == "start" and start["input_rows"] == 30 and start["concurrency"] == 2
+    assert start["models"] == ["claude-sonnet-4-5"] and start["limits"]["rpm"] is None
+    run_id = Path(lines[-1]["report"]).name
+    assert all(line["run_id"] == run_id and line["job"] == "input" for line in lines)
     progress = [line for line in lines if line.get("event") == "progress"]
     assert progress and progress[-1]["total_rows"] == 30 and "requests_per_s" in progress[-1]
     assert lines[-1]["event"] == "summary" and lines[-1]["exit_code"] == 0
@@ -171,7 +195,7 @@ def test_bad_usage_ends_with_a_final_line(tmp_path: Path) -> None:
     command = [sys.executable, "-m", "runner", "run", "--input", str(tmp_path / "in.jsonl")]
     done = subprocess.run(command, capture_output=True, text=True, timeout=DEADLINE_S)
     assert done.returncode == 2
-    lines = done.stderr.splitlines()
+    lines = _unstamped(done.stderr)
     assert lines[-2].startswith("runner: error: no model")
     assert lines[-1] == "runner: exit 2: nothing was sent; fix the above"
     json_done = subprocess.run(

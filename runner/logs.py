@@ -1,0 +1,146 @@
+"""Log lines for people and for machines: the handler, the run's context, the start line.
+
+Text lines read `runner: ...`; when stderr is not a terminal (cron, CI, a pipe) each one
+starts with an ISO 8601 UTC timestamp, so a log file says when. JSON lines carry `ts`,
+`level`, `message`, the run's `run_id` and `job` once a run knows them, and the figures
+of progress, start and summary lines as fields. The API key is masked in every line.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from datetime import UTC, datetime
+from typing import Any, TextIO
+
+log = logging.getLogger("runner")
+
+# The run this process is working on: put on every JSON line (see bind_run).
+_context: dict[str, str] = {}
+
+# A key shorter than this is a placeholder ("x", "test"): masking every occurrence of
+# it would mangle file names and messages instead of hiding a secret.
+_SHORTEST_SECRET = 8
+
+
+def redact(text: str) -> str:
+    """`text` with the API key masked: the last guard, should a message ever carry it."""
+    key = os.environ.get("ANTHROPIC_API_KEY") or ""
+    return text.replace(key, "***") if len(key) >= _SHORTEST_SECRET else text
+
+
+def iso_time(epoch: float) -> str:
+    """An epoch time as ISO 8601 UTC to the second, the form every log line and report uses."""
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class _Redact(logging.Filter):
+    """Replace the API key wherever it might appear in a log line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg, record.args = redact(record.getMessage()), None
+        return True
+
+
+class _TextFormatter(logging.Formatter):
+    """`runner: message`, after a timestamp when the lines go to a file rather than a person."""
+
+    def __init__(self, timestamps: bool) -> None:
+        super().__init__()
+        self.timestamps = timestamps
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = f"runner: {record.getMessage()}"
+        return f"{iso_time(record.created)} {line}" if self.timestamps else line
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return json.dumps(
+            {
+                "ts": round(record.created, 3),
+                "level": record.levelname.lower(),
+                "message": record.getMessage(),
+                **_context,
+                # Progress, start and summary lines carry their figures as fields.
+                **getattr(record, "fields", {}),
+            },
+            ensure_ascii=False,
+        )
+
+
+def setup_logging(
+    quiet: bool = False, log_format: str = "text", stream: TextIO | None = None
+) -> None:
+    """Log lines on stderr: `runner: ...` for people, JSON lines for log collectors."""
+    stream = stream or sys.stderr
+    handler = logging.StreamHandler(stream)
+    if log_format == "json":
+        handler.setFormatter(_JsonFormatter())
+    else:
+        handler.setFormatter(_TextFormatter(timestamps=not stream.isatty()))
+    handler.addFilter(_Redact())
+    log.handlers[:] = [handler]
+    log.setLevel(logging.WARNING if quiet else logging.INFO)
+    log.propagate = False
+    _context.clear()
+
+
+def bind_run(run_id: str, job: str) -> None:
+    """Name the run every later JSON line belongs to."""
+    _context.update(run_id=run_id, job=job)
+
+
+def emit(level: int, message: str, fields: dict[str, Any]) -> None:
+    """A line with figures as JSON fields, through the run's handler even below its level."""
+    record = log.makeRecord(log.name, level, __file__, 0, message, None, None)
+    record.fields = fields
+    log.handle(record)
+
+
+def _limit(value: int | None) -> str:
+    return f"{value:,}" if value is not None else "none"
+
+
+def log_start(job: Any, run_dir: Any, input_rows: int | None, *, resumed: bool) -> None:
+    """The first line of a run: which run, job, input, mode, model, pool and limits."""
+    limits = job.limits
+    meters = {
+        "rpm": limits.requests_per_minute,
+        "itpm": limits.input_tokens_per_minute,
+        "otpm": limits.output_tokens_per_minute,
+    }
+    mode = str(getattr(job, "mode", None) or "stream")
+    models = [str(job.request.model)]
+    rows = f"{input_rows:,} rows" if input_rows is not None else "rows not counted"
+    max_cost = getattr(job, "max_cost", None)
+    message = (
+        f"{'resume' if resumed else 'start'}: run {run_dir.name}, job {job.name}, "
+        f"input {job.input} ({rows}), mode {mode}, model {', '.join(models)}, "
+        f"concurrency {limits.concurrency}, "
+        + (
+            ", ".join(f"{name} {_limit(v)}" for name, v in meters.items())
+            if any(v is not None for v in meters.values())
+            else "no rate limits given"
+        )
+        + f", max attempts {job.retry.max_attempts}"
+        + (f", max cost ${max_cost:,.2f}" if max_cost is not None else "")
+        + f", endpoint {job.base_url}, report {run_dir}"
+    )
+    fields = {
+        "event": "start",
+        "resumed": resumed,
+        "input": str(job.input),
+        "input_rows": input_rows,
+        "mode": mode,
+        "models": models,
+        "concurrency": limits.concurrency,
+        "limits": meters,
+        "max_attempts": job.retry.max_attempts,
+        "max_cost_usd": max_cost,
+        "base_url": job.base_url,
+        "report": str(run_dir),
+    }
+    log.info(message, extra={"fields": fields})
