@@ -17,8 +17,9 @@ from typing import Any, TextIO
 
 log = logging.getLogger("runner")
 
-# The run this process is working on: put on every JSON line (see bind_run).
-_context: dict[str, str] = {}
+# The run this process is working on: on every JSON line, null until known (see bind_run).
+_NO_RUN: dict[str, str | None] = {"run_id": None, "job": None}
+_context = dict(_NO_RUN)
 
 # A key shorter than this is a placeholder ("x", "test"): masking every occurrence of
 # it would mangle file names and messages instead of hiding a secret.
@@ -85,7 +86,7 @@ def setup_logging(
     log.handlers[:] = [handler]
     log.setLevel(logging.WARNING if quiet else logging.INFO)
     log.propagate = False
-    _context.clear()
+    _context.update(_NO_RUN)
 
 
 def bind_run(run_id: str, job: str) -> None:

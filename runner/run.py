@@ -147,8 +147,9 @@ def execute(job: Job, options: RunOptions) -> RunOutcome:
         raise UsageError("no API key: set ANTHROPIC_API_KEY (runner demo needs none)")
     renderer, reader = open_input(job)
     prices = PriceTable.load(job.prices, job.price_overrides or None)
-    check_model(prices, job.request.model, allow_retired=options.allow_retired)
     run_dir = resolve_run_dir(job, options)
+    bind_run(run_dir.name, job.name)
+    check_model(prices, job.request.model, allow_retired=options.allow_retired)
     run_dir.mkdir(parents=True, exist_ok=True)
     with open_store(run_dir) as store:
         return _Session(job, options, store, reader, renderer, prices, api_key).run()
@@ -180,7 +181,6 @@ class _Session:
     def run(self) -> RunOutcome:
         """Start, drive the pool unless nothing is left, then compact and summarise."""
         run_dir = self.store.run_dir
-        bind_run(run_dir.name, self.job.name)
         run_info, key = self._start_run_json()
         exit_code = self._plan(run_info["settled"])
         resumed = run_info["first_started_at"] != run_info["started_at"]

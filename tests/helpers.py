@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -83,3 +84,12 @@ def served(record: Path) -> list[dict[str, Any]]:
         return []
     lines = record.read_text("utf-8").splitlines()
     return [json.loads(line) for line in lines if line.endswith("}")]
+
+
+# Off a terminal every log line starts with an ISO 8601 UTC timestamp (runner/logs.py).
+STAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ ")
+
+
+def log_lines(stderr: str) -> list[str]:
+    """The lines of a run's stderr without their timestamps."""
+    return [STAMP.sub("", line, count=1) for line in stderr.splitlines()]

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from helpers import attempts_of, results_of
+from helpers import attempts_of, log_lines, results_of
 
 from runner.mock import MockConfig, MockServer, serve_in_thread
 
@@ -82,7 +82,7 @@ def row_lines(stderr: str, name: str) -> list[str]:
 def error_lines(stderr: str) -> list[str]:
     """The `runner: error: ...` lines, without their prefix."""
     prefix = "runner: error: "
-    return [line[len(prefix) :] for line in stderr.splitlines() if line.startswith(prefix)]
+    return [line[len(prefix) :] for line in log_lines(stderr) if line.startswith(prefix)]
 
 
 def sent_prompts(mock: MockServer) -> list[str]:

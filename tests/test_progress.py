@@ -5,7 +5,6 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import re
 import select
 import struct
 import subprocess
@@ -15,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import prompts, run_rows, write_jsonl
+from helpers import STAMP, log_lines, prompts, run_rows, write_jsonl
 
 from runner.mock import MockConfig, serve_in_thread
 from runner.progress import Sample, figures, print_summary, progress_line, summary_lines
@@ -136,15 +135,10 @@ def slow_api():
         yield server
 
 
-# A cron log's lines start with the time they were written, in ISO 8601 UTC.
-STAMPED = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ (runner: .*)$")
-
-
 def _unstamped(stderr: str) -> list[str]:
     """Each stderr line without its timestamp, checking that every line has one."""
-    matches = [STAMPED.match(line) for line in stderr.splitlines()]
-    assert all(matches), stderr
-    return [m.group(1) for m in matches if m]
+    assert all(STAMP.match(line) for line in stderr.splitlines()), stderr
+    return log_lines(stderr)
 
 
 def test_without_a_terminal_plain_lines_and_no_control_characters(tmp_path: Path, slow_api) -> None:
@@ -153,10 +147,11 @@ def test_without_a_terminal_plain_lines_and_no_control_characters(tmp_path: Path
     lines = _unstamped(done.stderr)
     progress = [line for line in lines if line.startswith("runner: progress:")]
     assert progress, done.stderr
-    # The first line says which run this is, before any progress.
-    start = lines[0]
+    # The start line says which run this is, before any progress.
+    start = next(line for line in lines if line.startswith("runner: start: "))
+    assert lines.index(start) < lines.index(progress[0])
     assert start.startswith("runner: start: run ") and ", job input," in start
-    for piece in ("input.jsonl (30 rows)", "mode stream", "model claude-sonnet-4-5"):
+    for piece in ("input.jsonl (30 rows)", "mode stream", "model claude-sonnet-5-5"):
         assert piece in start
     assert "concurrency 2" in start and "no rate limits given" in start
     assert "/30 rows (" in progress[-1] and "req/s" in progress[-1]
@@ -171,9 +166,9 @@ def test_json_log_format_writes_progress_and_summary_as_fields(tmp_path: Path, s
     )
     assert done.returncode == 0, done.stderr
     lines = [json.loads(line) for line in done.stderr.splitlines()]
-    start = lines[0]
+    start = next(line for line in lines if line.get("event") == "start")
     assert start["event"] == "start" and start["input_rows"] == 30 and start["concurrency"] == 2
-    assert start["models"] == ["claude-sonnet-4-5"] and start["limits"]["rpm"] is None
+    assert start["models"] == ["claude-sonnet-5-5"] and start["limits"]["rpm"] is None
     run_id = Path(lines[-1]["report"]).name
     assert all(line["run_id"] == run_id and line["job"] == "input" for line in lines)
     progress = [line for line in lines if line.get("event") == "progress"]
