@@ -12,6 +12,7 @@ import math
 import os
 import tomllib
 from dataclasses import dataclass, field, fields, replace
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +61,28 @@ class RetrySpec:
     grace_period: float = 10.0
 
 
+class Mode(StrEnum):
+    """How requests are executed: streamed one by one, or through the Message Batches API."""
+
+    STREAM = "stream"
+    BATCH = "batch"
+
+
+# https://docs.anthropic.com/en/docs/build-with-claude/batch-processing: a batch holds
+# at most 100,000 requests and 256 MB.
+MAX_BATCH_REQUESTS = 100_000
+MAX_BATCH_BYTES = 256 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class BatchSpec:
+    """How `mode = "batch"` splits the rows into batches and how often it polls (`[batch]`)."""
+
+    size: int = 10_000
+    poll_interval: float = 60.0
+    max_bytes: int = MAX_BATCH_BYTES
+
+
 @dataclass(frozen=True, slots=True)
 class Job:
     """Everything a run needs to know, resolved from the job file and the flags."""
@@ -75,6 +98,8 @@ class Job:
     limits: Limits = field(default_factory=Limits)
     retry: RetrySpec = field(default_factory=RetrySpec)
     job_file: Path | None = None
+    mode: Mode = Mode.STREAM
+    batch: BatchSpec = field(default_factory=BatchSpec)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready view of the job, for run.json."""
@@ -89,6 +114,8 @@ class Job:
             "request": _as_dict(self.request),
             "limits": _as_dict(self.limits),
             "retry": _as_dict(self.retry),
+            "mode": str(self.mode),
+            "batch": _as_dict(self.batch),
         }
 
 
@@ -103,8 +130,14 @@ _TOP_KEYS = {
     "id_column": str,
     "base_url": str,
     "prices": (str, dict),
+    "mode": str,
 }
-_SECTIONS: dict[str, type] = {"request": RequestSpec, "limits": Limits, "retry": RetrySpec}
+_SECTIONS: dict[str, type] = {
+    "request": RequestSpec,
+    "limits": Limits,
+    "retry": RetrySpec,
+    "batch": BatchSpec,
+}
 
 
 def _type_name(expected: Any) -> str:
@@ -233,6 +266,7 @@ _FLAG_NAMES = {
     "limits.requests_per_minute": "--rpm",
     "limits.input_tokens_per_minute": "--itpm",
     "limits.output_tokens_per_minute": "--otpm",
+    "batch.size": "--batch-size",
 }
 
 
@@ -286,6 +320,13 @@ def resolve_job(job_file: Path | None, flags: dict[str, Any]) -> Job:
                 f"{origin('input_format')} must be csv or jsonl, not '{fmt}'"
             ) from None
 
+    try:
+        mode = Mode(str(settings.get("mode") or Mode.STREAM).lower())
+    except ValueError:
+        raise UsageError(
+            f"{origin('mode')} must be stream or batch, not '{settings['mode']}'"
+        ) from None
+
     prices = settings.get("prices")
     price_file, price_overrides = None, {}
     if isinstance(prices, dict):
@@ -313,6 +354,7 @@ def resolve_job(job_file: Path | None, flags: dict[str, Any]) -> Job:
         prices=price_file,
         price_overrides=price_overrides,
         job_file=job_file,
+        mode=mode,
         **sections,
     )
     if not job.request.model:
@@ -323,8 +365,23 @@ def resolve_job(job_file: Path | None, flags: dict[str, Any]) -> Job:
 
 def _check_values(job: Job, origin: _Origins) -> None:
     """Reject values that have the right type but cannot work, naming where each came from."""
-    req, lim, retry = job.request, job.limits, job.retry
+    req, lim, retry, batch = job.request, job.limits, job.retry, job.batch
     problems = [
+        (
+            "batch.size",
+            not 1 <= batch.size <= MAX_BATCH_REQUESTS,
+            f"must be from 1 to {MAX_BATCH_REQUESTS:,}",
+        ),
+        (
+            "batch.max_bytes",
+            not 1024 <= batch.max_bytes <= MAX_BATCH_BYTES,
+            f"must be from 1024 to {MAX_BATCH_BYTES:,}",
+        ),
+        (
+            "batch.poll_interval",
+            not 0 < batch.poll_interval < math.inf,
+            "must be a positive number",
+        ),
         ("request.max_tokens", req.max_tokens < 1, "must be at least 1"),
         ("limits.concurrency", lim.concurrency < 1, "must be at least 1"),
         ("retry.max_attempts", retry.max_attempts < 1, "must be at least 1"),

@@ -26,6 +26,10 @@ class Outcome(StrEnum):
     STALLED = "stalled"
     CONNECT_ERROR = "connect_error"
     TIMEOUT = "timeout"
+    # A Message Batches item's result type other than `succeeded` (which is OK).
+    ERRORED = "errored"
+    EXPIRED = "expired"
+    CANCELED = "canceled"
 
 
 class InputFormat(StrEnum):
@@ -91,7 +95,7 @@ class Usage:
 
 @dataclass(frozen=True, slots=True)
 class Attempt:
-    """One HTTP attempt for one row: one row of the attempts table."""
+    """One HTTP attempt (or one Message Batches item) for one row: a row of the attempts table."""
 
     row_id: str
     number: int
@@ -107,6 +111,7 @@ class Attempt:
     request_id: str | None = None
     usage: Usage | None = None
     cost_usd: float | None = None
+    custom_id: str | None = None  # a batch item's custom_id (request_id is then the batch id)
 
 
 @dataclass(frozen=True, slots=True)

@@ -54,6 +54,7 @@ ATTEMPT_SCHEMA: dict[str, Any] = {
     "cache_read_input_tokens": pl.Int64,
     "cost_usd": pl.Float64,
     "fingerprint": pl.String,
+    "custom_id": pl.String,
 }
 _USAGE_FIELDS = (
     "input_tokens",
@@ -106,6 +107,7 @@ def attempt_record(attempt: Attempt) -> dict[str, Any]:
         "latency_ms": attempt.latency_ms,
         "cost_usd": attempt.cost_usd,
         "fingerprint": attempt.fingerprint,
+        "custom_id": attempt.custom_id,
     }
     for name in _USAGE_FIELDS:
         record[name] = getattr(usage, name) if usage is not None else None

@@ -308,7 +308,8 @@ class RunStore:
                 log.warning("ignoring unreadable part %s: %s", path, exc)
         if not paths:
             return pl.LazyFrame(schema=ATTEMPT_SCHEMA)
-        return pl.scan_parquet(paths)
+        # Parts written before a column was added lack it: it reads as null there.
+        return pl.scan_parquet(paths, schema=ATTEMPT_SCHEMA, missing_columns="insert")
 
     def read_attempts(self, columns: list[str] | None = None) -> pl.DataFrame:
         """Every attempt on disk (only `columns` if given)."""

@@ -37,7 +37,7 @@ def job_error(tmp_path: Path, text: str | bytes, flags: dict[str, Any] | None = 
         (
             "zzz = 1\n",
             "unknown key 'zzz' (valid keys: name, input, input_format, id_column, base_url, "
-            "prices, request, limits, retry)",
+            "prices, mode, request, limits, retry, batch)",
         ),
         ("request = 5\n", "[request] must be a table"),
     ],

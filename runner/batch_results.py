@@ -1,0 +1,197 @@
+"""One batch item's result into the store: a finished row, an attempts row, or a resend.
+
+https://docs.anthropic.com/en/api/retrieving-message-batch-results: each line is
+`{"custom_id", "result": {"type": ...}}` with `succeeded` (a whole Message),
+`errored` (an error response), `canceled` or `expired`. What runner does with each:
+
+- `succeeded`: the row is `ok`, billed at the batch price;
+- `errored` `invalid_request_error` (and other refusals): `error`, not sent again;
+- `errored` `authentication_error`, `permission_error`, `billing_error`: the row is
+  `error` and the run stops as a 401/403 does (exit 3);
+- `errored` `api_error`, `overloaded_error`, `rate_limit_error`, `timeout_error`, and
+  `expired`: sent again in a later batch, until the row has had `max_attempts` items;
+- `canceled`: `error` with error_type `canceled` (a resume sends it again).
+
+Only `succeeded` items are billed: the others carry no usage and no cost.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from runner.batch_ledger import BatchItem, RetrySpool
+from runner.errors import ApiError, AttemptFacts, FatalApiError
+from runner.models import Attempt, Outcome, RowResult, Status, Usage
+from runner.pool import RecordFn
+from runner.pricing import PriceTable
+from runner.stats import RunStats
+
+RETRIED_ERRORS = frozenset({"api_error", "overloaded_error", "rate_limit_error", "timeout_error"})
+FATAL_ERRORS = frozenset({"authentication_error", "permission_error", "billing_error"})
+
+
+class ItemSettler:
+    """Turns batch results into records for the store's sink, and resends into a spool."""
+
+    def __init__(
+        self, record: RecordFn, prices: PriceTable, stats: RunStats, max_attempts: int
+    ) -> None:
+        self.record = record
+        self.prices = prices
+        self.stats = stats
+        self.max_attempts = max_attempts
+        self.spool: RetrySpool | None = None
+        self.fatal: FatalApiError | None = None
+
+    def settle(
+        self, item: BatchItem, batch_id: str, custom_id: str, result: dict[str, Any]
+    ) -> None:
+        """Record one item's result (and its row, unless it is sent again)."""
+        kind = result.get("type")
+        if kind == "succeeded":
+            self._succeeded(item, batch_id, custom_id, result.get("message") or {})
+            return
+        if kind == "errored":
+            error = (result.get("error") or {}).get("error") or {}
+            error_type = str(error.get("type") or "api_error")
+            message = str(error.get("message") or "")
+            outcome = Outcome.ERRORED
+        elif kind == "expired":
+            error_type, outcome = "expired", Outcome.EXPIRED
+            message = "the batch expired before this item was processed"
+        elif kind == "canceled":
+            error_type, outcome = "canceled", Outcome.CANCELED
+            message = "the batch was canceled before this item was processed"
+        else:
+            error_type, outcome = "unknown_result", Outcome.ERRORED
+            message = f"unknown result type {kind!r}"
+        attempt = self._attempt(item, batch_id, custom_id, outcome, error_type, message)
+        again = error_type in RETRIED_ERRORS or kind == "expired"
+        if again and attempt.number < self.max_attempts and self.spool is not None:
+            self.record(None, [attempt])
+            self.stats.add_attempt(attempt)
+            self.spool.add(_resend(item, attempt.number))
+            return
+        self._failed(item, attempt, error_type, message, batch_id)
+        if error_type in FATAL_ERRORS and self.fatal is None:
+            facts = AttemptFacts(outcome=outcome, error_type=error_type, request_id=batch_id)
+            self.fatal = FatalApiError(f"batch item {custom_id}: {error_type}: {message}", facts)
+
+    def missing(self, item: BatchItem, batch_id: str, custom_id: str) -> None:
+        """An item the results never mentioned: treated as expired."""
+        self.settle(item, batch_id, custom_id, {"type": "expired"})
+
+    def too_large(self, item: BatchItem, max_bytes: int) -> None:
+        """A row whose request alone is over the batch size limit: never sent."""
+        message = f"the request alone is over the batch limit of {max_bytes:,} bytes"
+        self._finish(
+            self._row(item, item.prior, error_type="request_too_large", error_message=message), []
+        )
+
+    def refused(self, items: list[BatchItem], exc: ApiError) -> None:
+        """The API refused a whole create call (400, 413): every row in it is an error."""
+        for item in items:
+            error_type = exc.facts.error_type
+            self._finish(
+                self._row(item, item.prior, error_type=error_type, error_message=exc.message), []
+            )
+
+    def _succeeded(
+        self, item: BatchItem, batch_id: str, custom_id: str, message: dict[str, Any]
+    ) -> None:
+        usage = usage_of(message.get("usage") or {})
+        cost = self.prices.batch_cost(item.model, usage)
+        attempt = self._attempt(item, batch_id, custom_id, Outcome.OK, None, None, usage, cost)
+        text = "".join(
+            block.get("text", "")
+            for block in message.get("content") or []
+            if isinstance(block, dict) and block.get("type") == "text"
+        )
+        result = RowResult(
+            id=item.row_id,
+            line=item.line,
+            status=Status.OK,
+            model=item.model,
+            fingerprint=item.fingerprint,
+            output_text=text,
+            stop_reason=message.get("stop_reason"),
+            usage=usage,
+            cost_usd=cost,
+            attempts=attempt.number,
+            request_id=batch_id,
+        )
+        self._finish(result, [attempt])
+
+    def _failed(
+        self, item: BatchItem, attempt: Attempt, error_type: str, message: str, batch_id: str
+    ) -> None:
+        result = self._row(
+            item, attempt.number, error_type=error_type, error_message=message, request_id=batch_id
+        )
+        self._finish(result, [attempt])
+
+    def _row(self, item: BatchItem, attempts: int, **fields: Any) -> RowResult:
+        """An `error` row for `item`."""
+        return RowResult(
+            id=item.row_id,
+            line=item.line,
+            status=Status.ERROR,
+            model=item.model,
+            fingerprint=item.fingerprint,
+            attempts=attempts,
+            **fields,
+        )
+
+    def _attempt(
+        self,
+        item: BatchItem,
+        batch_id: str,
+        custom_id: str,
+        outcome: Outcome,
+        error_type: str | None,
+        message: str | None,
+        usage: Usage | None = None,
+        cost: float | None = None,
+    ) -> Attempt:
+        return Attempt(
+            row_id=item.row_id,
+            number=item.prior + 1,
+            started_at=0.0,
+            outcome=outcome,
+            latency_ms=0.0,
+            fingerprint=item.fingerprint,
+            error_type=error_type,
+            error_message=message,
+            request_id=batch_id,
+            usage=usage,
+            cost_usd=cost,
+            custom_id=custom_id,
+        )
+
+    def _finish(self, result: RowResult, attempts: list[Attempt]) -> None:
+        self.record(result, attempts)
+        for attempt in attempts:
+            self.stats.add_attempt(attempt)
+        self.stats.add_result(result)
+
+
+def usage_of(fields: dict[str, Any]) -> Usage:
+    """A whole Message's `usage` object as a Usage (cache writes all 5-minute unless split)."""
+    creation = int(fields.get("cache_creation_input_tokens") or 0)
+    split = fields.get("cache_creation") if isinstance(fields.get("cache_creation"), dict) else {}
+    five = int(split.get("ephemeral_5m_input_tokens") or 0)
+    hour = int(split.get("ephemeral_1h_input_tokens") or 0)
+    if five + hour == 0:
+        five = creation
+    return Usage(
+        input_tokens=int(fields.get("input_tokens") or 0),
+        output_tokens=int(fields.get("output_tokens") or 0),
+        cache_creation_input_tokens=creation,
+        cache_read_input_tokens=int(fields.get("cache_read_input_tokens") or 0),
+        cache_creation_5m=five,
+        cache_creation_1h=hour,
+    )
+
+
+def _resend(item: BatchItem, attempts: int) -> BatchItem:
+    return BatchItem(item.row_id, item.line, item.fingerprint, item.model, attempts, item.params)
