@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import anyio
 import polars as pl
+from anyio.abc import ObjectReceiveStream, TaskGroup
 
 from runner.batch_api import BatchApi, CreateUnconfirmed, retried
 from runner.batch_ledger import (
@@ -33,8 +34,9 @@ from runner.batch_ledger import (
     remove_stale_spools,
 )
 from runner.batch_results import ItemSettler
-from runner.errors import ApiError, FatalApiError, RejectedError, RunnerError
+from runner.errors import ApiError, AttemptFacts, FatalApiError, RejectedError, RunnerError
 from runner.job import BatchSpec
+from runner.models import Outcome
 from runner.pool import StopControl, WorkItem
 from runner.stats import RunStats
 from runner.store import RunStore
@@ -111,6 +113,34 @@ class BatchBackend:
         self.running: dict[int, BatchEntry] = {}
         self._round = 0
 
+    # ---- the Backend protocol (backend.py) -------------------------------------------
+
+    async def prepare(self) -> bool:
+        """Settle the batches earlier sessions left; True if there were any."""
+        had_open = bool(self.ledger.open_entries())
+        await self._stopping_on_error(self.settle_earlier())
+        return had_open
+
+    def start(self, tasks: TaskGroup, items: ObjectReceiveStream[WorkItem]) -> None:
+        """Consume the queue in one task: batches are built one after another."""
+        if self.control.stopping:
+            items.close()
+            return
+        tasks.start_soon(self._execute_from, items)
+
+    async def _execute_from(self, items: ObjectReceiveStream[WorkItem]) -> None:
+        async with items:
+            await self._stopping_on_error(self.execute(items))
+
+    async def _stopping_on_error(self, work: Awaitable[None]) -> None:
+        """Run `work`; a RunnerError stops the run as a fatal answer does (exit 3)."""
+        try:
+            await work
+        except ApiError as exc:
+            self._fatal(exc)
+        except RunnerError as exc:
+            self._fatal(ApiError(str(exc), AttemptFacts(outcome=Outcome.HTTP_ERROR)))
+
     # ---- what earlier sessions left ---------------------------------------------
 
     async def settle_earlier(self) -> None:
@@ -161,7 +191,7 @@ class BatchBackend:
             await self._submit_all(source)
             await self.wait_and_collect()
             if spool.count == 0 or self.control.stopping:
-                spool.path.unlink(missing_ok=True)
+                spool.discard()
                 break
             log.info("round %d: sending %d items again", self._round + 1, spool.count)
             source = spool.drain()

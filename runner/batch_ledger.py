@@ -193,6 +193,11 @@ class RetrySpool:
         self._fh.write(json.dumps([*fields, item.params.decode()], ensure_ascii=False) + "\n")
         self.count += 1
 
+    def discard(self) -> None:
+        """Nothing to send again: close and delete the file."""
+        self._fh.close()
+        self.path.unlink(missing_ok=True)
+
     def drain(self) -> Iterator[BatchItem]:
         """The kept items, once; the file is deleted after."""
         self._fh.close()

@@ -100,7 +100,8 @@ class ItemSettler:
         self, item: BatchItem, batch_id: str, custom_id: str, message: dict[str, Any]
     ) -> None:
         usage = usage_of(message.get("usage") or {})
-        cost = self.prices.batch_cost(item.model, usage)
+        served = message.get("model") if isinstance(message.get("model"), str) else None
+        cost = self.prices.batch_cost(served or item.model, usage)
         attempt = self._attempt(item, batch_id, custom_id, Outcome.OK, None, None, usage, cost)
         text = "".join(
             block.get("text", "")
@@ -119,6 +120,7 @@ class ItemSettler:
             cost_usd=cost,
             attempts=attempt.number,
             request_id=batch_id,
+            served_model=served,
         )
         self._finish(result, [attempt])
 

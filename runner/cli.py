@@ -12,9 +12,10 @@ from typing import Any
 import click
 
 from runner import __version__
+from runner.batch_session import cancel_run
 from runner.errors import RunnerError, UsageError
 from runner.export import FORMATS
-from runner.job import resolve_job
+from runner.job import Mode, resolve_job
 from runner.logs import redact, setup_logging
 from runner.models import Status
 from runner.progress import DEFAULT_PLAIN_INTERVAL_S, make_progress, print_failure, print_summary
@@ -115,6 +116,23 @@ def _run_options(func: Any) -> Any:
         ),
         click.option("--limit", type=int, help="Only the first N input rows. Default: all."),
         click.option(
+            "--mode",
+            type=click.Choice([m.value for m in Mode]),
+            help="stream: each request on its own; batch: Message Batches at half the price, "
+            "results within 24 hours. Default: the job's `mode`, else stream.",
+        ),
+        click.option(
+            "--batch-size",
+            type=int,
+            help="Requests per batch in batch mode (at most 100,000; each batch also stays "
+            "under 256 MB). Default: 10,000.",
+        ),
+        click.option(
+            "--poll-interval",
+            type=float,
+            help="Seconds between checks of the running batches in batch mode. Default: 60.",
+        ),
+        click.option(
             "--allow-retired",
             is_flag=True,
             help="Send to a model the price table says is retired (a reseller may still "
@@ -144,6 +162,9 @@ def _flags(kwargs: dict[str, Any]) -> dict[str, Any]:
         "retry.max_attempts": kwargs.get("max_attempts"),
         "retry.idle_timeout": kwargs.get("idle_timeout"),
         "retry.grace_period": kwargs.get("grace_period"),
+        "mode": kwargs.get("mode"),
+        "batch.size": kwargs.get("batch_size"),
+        "batch.poll_interval": kwargs.get("poll_interval"),
     }
 
 
@@ -366,6 +387,36 @@ def export(
         _fail(exc, sends=False)
     where = "stdout" if str(output) == "-" else output
     click.echo(f"exported {count:,} rows to {where}", err=True)
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option(
+    "--base-url",
+    help="API base URL. Default: the one the run used (its run.json).",
+)
+def cancel(run_dir: Path, base_url: str | None) -> None:
+    """Cancel a batch run's batches still in progress, wait for them to end, and record
+    what ended (items that finished before the cancel are kept and billed; a resume
+    sends the canceled rows again).
+
+    Exit codes: 0 done, 2 not a run directory or the run is still live, 3 stopped by a
+    fatal API answer.
+    """
+    setup_logging()
+    try:
+        outcome = cancel_run(run_dir, base_url=base_url)
+    except RunnerError as exc:
+        _fail(exc)
+    stats = outcome.stats
+    statuses = ", ".join(f"{n} {s}" for s, n in sorted(stats.statuses.items())) or "no rows"
+    click.echo(
+        f"canceled {outcome.canceled} batches; their ends settled {statuses} "
+        f"(${stats.cost_usd:.4f} billed)"
+    )
+    if outcome.message:
+        click.echo(f"runner: stopped: {outcome.message}", err=True)
+        sys.exit(3)
 
 
 def _demo_job() -> Path:

@@ -8,12 +8,14 @@ period; a second one cancels them. Either way, what finished is on disk.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import platform
 import shlex
 import signal
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cached_property
@@ -25,10 +27,12 @@ import anyio
 import polars as pl
 
 from runner import __version__
+from runner.backend import Backend, StreamBackend
+from runner.batch_session import open_batch_backend
 from runner.client import api_headers
 from runner.errors import RunnerError, UsageError
 from runner.inputs import InputReader, count_records, input_fingerprint
-from runner.job import Job
+from runner.job import Job, Mode
 from runner.lifecycle import check_model
 from runner.limiter import RateLimiter
 from runner.logs import bind_run, log_start
@@ -315,37 +319,24 @@ class _Session:
         log.warning("%s:%d: %s", self.reader.path, line, reason)
 
     async def _drive(self) -> int:
-        """The producer, the workers and their helpers, until the queue is drained or a stop."""
+        """The producer, the backend and their helpers, until the queue is drained or a stop."""
         job, control = self.job, self.control
         concurrency = job.limits.concurrency
         send, receive = anyio.create_memory_object_stream[WorkItem](concurrency * 2)
-        async with new_http_client(concurrency, job.retry.idle_timeout) as http:
-            pool = WorkerPool(
-                http,
-                f"{job.base_url}/v1/messages",
-                api_headers(self.api_key),
-                self.limiter,
-                self.prices,
-                self.store.record,
-                self.stats,
-                control,
-                max_attempts=job.retry.max_attempts,
-                max_retry_after=job.retry.max_retry_after,
-                fatal_grace=min(job.retry.grace_period, 3.0),
-            )
-            async with anyio.create_task_group() as outer:
-                workers_scope = control.bind(outer)
-                outer.start_soon(_watch_signals, control, job.retry.grace_period)
-                outer.start_soon(_flush_periodically, self.store)
-                if self.options.progress is not None:
-                    outer.start_soon(self.options.progress.run, self.stats, self.limiter)
-                with workers_scope:
-                    async with anyio.create_task_group() as workers:
-                        workers.start_soon(self._produce, send)
-                        for _ in range(concurrency):
-                            workers.start_soon(pool.worker, receive.clone())
-                        receive.close()
-                outer.cancel_scope.cancel()
+        async with self._open_backend() as backend, anyio.create_task_group() as outer:
+            workers_scope = control.bind(outer)
+            outer.start_soon(_watch_signals, control, job.retry.grace_period)
+            outer.start_soon(_flush_periodically, self.store)
+            if self.options.progress is not None:
+                outer.start_soon(self.options.progress.run, self.stats, self.limiter)
+            with workers_scope:
+                if await backend.prepare():
+                    # What earlier sessions left is settled now: read the store again.
+                    self.__dict__.pop("done", None)
+                async with anyio.create_task_group() as workers:
+                    workers.start_soon(self._produce, send)
+                    backend.start(workers, receive)
+            outer.cancel_scope.cancel()
         if control.fatal is not None:
             return EXIT_FATAL
         if control.stopping:
@@ -353,6 +344,34 @@ class _Session:
         statuses = self.stats.statuses
         failed = statuses[Status.ERROR.value] + statuses[Status.INVALID.value]
         return EXIT_SOME_FAILED if failed else EXIT_OK
+
+    @contextlib.asynccontextmanager
+    async def _open_backend(self) -> AsyncIterator[Backend]:
+        """The job's backend: streamed through the worker pool, or Message Batches."""
+        job = self.job
+        if job.mode is Mode.BATCH:
+            async with open_batch_backend(
+                job, self.api_key, self.store, self.prices, self.stats, self.control
+            ) as batch_backend:
+                yield batch_backend
+            return
+        async with new_http_client(job.limits.concurrency, job.retry.idle_timeout) as http:
+            yield StreamBackend(
+                WorkerPool(
+                    http,
+                    f"{job.base_url}/v1/messages",
+                    api_headers(self.api_key),
+                    self.limiter,
+                    self.prices,
+                    self.store.record,
+                    self.stats,
+                    self.control,
+                    max_attempts=job.retry.max_attempts,
+                    max_retry_after=job.retry.max_retry_after,
+                    fatal_grace=min(job.retry.grace_period, 3.0),
+                ),
+                job.limits.concurrency,
+            )
 
     async def _produce(self, send: anyio.abc.ObjectSendStream[WorkItem]) -> None:
         """Stream the input into the queue: invalid rows to the store, done rows skipped."""

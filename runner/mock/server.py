@@ -220,6 +220,9 @@ async def _create_batch(request: web.Request) -> web.StreamResponse:
         batch = state.batches.create(body)
     except WireError as exc:
         return _error(state, _new_request_id(), exc.status, exc.error_type, exc.message)
+    if state.config.latency_ms:
+        # The batch exists before its answer leaves: a client that dies meanwhile lost it.
+        await asyncio.sleep(state.config.latency_ms / 1000)
     return _json(batch_object(batch, _origin(request)))
 
 

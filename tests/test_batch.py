@@ -1,0 +1,177 @@
+"""Batch mode through the mock's Message Batches API on 127.0.0.1, in process."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import httpx
+import polars as pl
+import pytest
+from conftest import TEST_KEY
+from helpers import attempts_of, prompts, results_of, run_rows
+
+from runner.batch import BatchBackend, params_of
+from runner.batch_results import usage_of
+from runner.batch_session import cancel_run
+from runner.mock import MockConfig, MockServer, serve_in_thread
+from runner.pricing import PriceTable
+from runner.run import RunOutcome
+
+FAST = {"mode": "batch", "batch.poll_interval": 0.02}
+
+
+def run_batch(
+    tmp_path: Path, mock: MockServer, rows: list[dict[str, Any]], **flags: Any
+) -> RunOutcome:
+    return run_rows(tmp_path, mock.base_url, rows, **{**FAST, **flags})
+
+
+def listed_batches(mock: MockServer) -> list[dict[str, Any]]:
+    headers = {"x-api-key": TEST_KEY, "anthropic-version": "2023-06-01"}
+    answer = httpx.get(
+        f"{mock.base_url}/v1/messages/batches", params={"limit": 1000}, headers=headers
+    )
+    return answer.json()["data"]
+
+
+def test_params_drop_stream_and_nothing_else() -> None:
+    body = (
+        b'{"max_tokens":5,"model":"m","stream":true,'
+        b'"messages":[{"role":"user","content":"\\"stream\\":true,"}]}'
+    )
+    params = json.loads(params_of(body))
+    assert "stream" not in params
+    assert params["messages"][0]["content"] == '"stream":true,'
+    assert json.loads(body) == {**params, "stream": True}
+
+
+def test_clean_batch_run_matches_the_mock_row_by_row(tmp_path: Path) -> None:
+    rows = prompts(30)
+    with serve_in_thread(MockConfig(batch_processing_s=0.05)) as mock:
+        outcome = run_batch(tmp_path, mock, rows, **{"batch.size": 12})
+        served = {a.prompt: a for a in mock.record.attempts()}
+        batches = listed_batches(mock)
+    assert outcome.exit_code == 0
+    assert len(batches) == 3  # 12 + 12 + 6
+    assert sorted(b["request_counts"]["succeeded"] for b in batches) == [6, 12, 12]
+    results = results_of(outcome.run_dir).sort("id")
+    prices = PriceTable.load()
+    assert results.height == 30
+    for row, result in zip(rows, results.iter_rows(named=True), strict=True):
+        item = served[row["prompt"]]
+        assert result["id"] == row["id"]
+        assert result["status"] == "ok"
+        assert result["output_text"] == item.text
+        assert result["stop_reason"] == item.stop_reason
+        assert result["input_tokens"] == item.usage["input_tokens"]
+        assert result["output_tokens"] == item.usage["output_tokens"]
+        assert result["request_id"] == item.request_id  # the batch id
+        assert result["attempts"] == 1
+        assert result["ttft_ms"] is None
+        usage = usage_of(item.usage)
+        model = result["served_model"]  # priced by the model that answered
+        assert result["cost_usd"] == pytest.approx(prices.batch_cost(model, usage))
+        assert result["cost_usd"] == pytest.approx(prices.cost(model, usage) / 2)
+    attempts = attempts_of(outcome.run_dir)
+    assert attempts.height == 30
+    assert set(attempts["outcome"]) == {"ok"}
+    assert attempts["custom_id"].n_unique() == 30
+    assert all(c.startswith("rn") for c in attempts["custom_id"])
+    assert set(attempts["request_id"]) == {b["id"] for b in batches}
+
+
+def test_errored_and_expired_items_go_again_until_max_attempts(tmp_path: Path) -> None:
+    config = MockConfig(batch_processing_s=0.02, batch_errored=0.3, batch_expired=0.2, seed=3)
+    rows = prompts(40)
+    with serve_in_thread(config) as mock:
+        outcome = run_batch(tmp_path, mock, rows, **{"retry.max_attempts": 3})
+        items = {r["prompt"]: mock.record.attempts_for_prompt(r["prompt"]) for r in rows}
+    results = results_of(outcome.run_dir).sort("id")
+    attempts = attempts_of(outcome.run_dir)
+    for row, result in zip(rows, results.iter_rows(named=True), strict=True):
+        served = items[row["prompt"]]
+        assert result["attempts"] == len(served) <= 3
+        assert sum(a.outcome == "ok" for a in served) == (result["status"] == "ok")
+        if result["status"] == "error":
+            assert len(served) == 3
+            assert result["error_type"] in {"api_error", "overloaded_error", "expired"}
+        mine = attempts.filter(pl.col("id") == row["id"]).sort("attempt")
+        assert mine["attempt"].to_list() == list(range(1, len(served) + 1))
+        assert mine["outcome"].to_list() == [
+            {"ok": "ok", "fault:expired": "expired"}.get(a.outcome, "errored") for a in served
+        ]
+    assert set(results["status"]) <= {"ok", "error"}
+    assert outcome.exit_code == (1 if "error" in set(results["status"]) else 0)
+    # Only succeeded items are billed.
+    assert (
+        attempts.filter(pl.col("outcome") != "ok")["cost_usd"].null_count()
+        == attempts.filter(pl.col("outcome") != "ok").height
+    )
+
+
+def test_invalid_request_is_an_error_sent_once_and_auth_stops_the_run(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    rows = prompts(6)
+    rows[1]["prompt"] += " [[fault:400:all]]"
+    with serve_in_thread(MockConfig(batch_processing_s=0.02)) as mock:
+        outcome = run_batch(tmp_path / "a", mock, rows)
+        sent = mock.record.attempts_for_prompt(rows[1]["prompt"])
+    results = results_of(outcome.run_dir).sort("id")
+    assert outcome.exit_code == 1
+    bad = results.row(1, named=True)
+    assert (bad["status"], bad["error_type"], bad["attempts"]) == (
+        "error",
+        "invalid_request_error",
+        1,
+    )
+    assert len(sent) == 1
+    assert results.filter(pl.col("status") == "ok").height == 5
+
+    rows = prompts(6, prefix="auth")
+    rows[2]["prompt"] += " [[fault:401:all]]"
+    with serve_in_thread(MockConfig(batch_processing_s=0.02)) as mock:
+        outcome = run_batch(tmp_path / "b", mock, rows, **{"batch.size": 3})
+    assert outcome.exit_code == 3
+    assert "authentication_error" in (outcome.message or "")
+
+
+def test_a_batch_over_the_size_cap_is_split(tmp_path: Path) -> None:
+    cap = 4096
+    rows = [{"id": f"{i:03d}", "prompt": f"{i} " + "x" * 400} for i in range(40)]
+    with serve_in_thread(MockConfig(batch_processing_s=0.01, max_batch_bytes=cap)) as mock:
+        outcome = run_batch(tmp_path, mock, rows, **{"batch.max_bytes": cap})
+        batches = listed_batches(mock)
+    assert outcome.exit_code == 0
+    assert len(batches) > 4
+    assert sum(b["request_counts"]["succeeded"] for b in batches) == 40
+    assert results_of(outcome.run_dir)["status"].to_list() == ["ok"] * 40
+
+
+def test_cancel_ends_the_running_batches_and_records_what_ended(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    original = BatchBackend.wait_and_collect
+
+    async def stop_then_wait(self: BatchBackend) -> None:
+        self.control.stop(0)  # as a SIGTERM once the batches are submitted
+        await original(self)
+
+    monkeypatch.setattr(BatchBackend, "wait_and_collect", stop_then_wait)
+    with serve_in_thread(MockConfig(batch_processing_s=600.0)) as mock:
+        outcome = run_batch(tmp_path, mock, prompts(8), run_id="r1")
+        assert outcome.exit_code == 130
+        monkeypatch.undo()
+        result = cancel_run(outcome.run_dir, TEST_KEY)
+        batch = listed_batches(mock)[0]
+        served = mock.record.attempts()
+    assert result.canceled == 1
+    assert result.stats.statuses["error"] == 8
+    assert batch["processing_status"] == "ended"
+    assert batch["request_counts"]["canceled"] == 8
+    assert served == []  # nothing processed, nothing billed
+    results = results_of(outcome.run_dir)
+    assert set(results["error_type"]) == {"canceled"}
+    assert set(attempts_of(outcome.run_dir)["outcome"]) == {"canceled"}
