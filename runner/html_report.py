@@ -20,9 +20,16 @@ import polars as pl
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from runner.models import Status
+from runner.accounting import (
+    ACCOUNT_COLUMNS,
+    RunReader,
+    account,
+    billed_model,
+    cost_text,
+    usd,
+)
+from runner.models import TOKEN_FIELDS, Status
 from runner.report import build_report, find_runs
-from runner.store import RunStore
 
 # Matplotlib's SVG backend: text as <text> (small, selectable), no date in the metadata,
 # and a fixed salt so the same run gives the same page.
@@ -35,25 +42,26 @@ _RC = {
     "axes.spines.right": False,
 }
 _OK, _FAIL, _INK = "#3b7dd8", "#d8613b", "#555555"
+_TOKEN_COLOURS = ("#6c5ba7", "#b7a9e0", "#6a9f4b", "#b6d69f")
+CHART_COLUMNS = (*ACCOUNT_COLUMNS, "latency_ms", "ttft_ms", "error_type")
 TIME_BINS = 60
 MIN_BIN_S = 0.25
 HIST_BINS = 40
 
 
 def _frames(path: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Results and attempts of every run under `path`, attempts with their row's model."""
+    """Results and attempts of every run under `path` (no output text), attempts with a model."""
     _, runs = find_runs(path)
     results, attempts = [], []
     for run_dir in runs:
-        store = RunStore(run_dir)
-        run_results = store.read_results()
+        reader = RunReader(run_dir)
+        lazy = reader.results(CHART_COLUMNS)
+        # Charts name a row by the model it is billed as, as the account does.
+        run_results = lazy.with_columns(billed_model(lazy).alias("model")).collect()
         results.append(run_results)
-        attempts.append(
-            store.read_attempts().join(
-                run_results.select("id", "model").unique("id"), on="id", how="left"
-            )
-        )
-    return pl.concat(results, how="vertical_relaxed"), pl.concat(attempts, how="vertical_relaxed")
+        model = run_results.select("id", pl.col("model")).unique("id")
+        attempts.append(reader.attempts().collect().join(model, on="id", how="left"))
+    return pl.concat(results, how="diagonal_relaxed"), pl.concat(attempts, how="diagonal_relaxed")
 
 
 def _no_data(ax: Axes, what: str) -> None:
@@ -152,7 +160,14 @@ def _per_model(fig: Figure, results: pl.DataFrame, attempts: pl.DataFrame) -> No
         return np.array([float(sums.get(m) or 0.0) for m in models])
 
     y = np.arange(len(models))
-    rows_cost, retry_cost = by_model(ok, "cost_usd"), by_model(failed, "cost_usd")
+    # Dollars from the account (the one owner of totals); tokens drawn from the rows.
+    account = account_of(results, failed)
+    rows_cost = np.array(
+        [float(account["by_model"].get(m, {}).get("cost_usd") or 0.0) for m in models]
+    )
+    retry_cost = np.array(
+        [float(account["by_model"].get(m, {}).get("retry_cost_usd") or 0.0) for m in models]
+    )
     cost_ax.barh(y, rows_cost, color=_OK, label="rows")
     cost_ax.barh(y, retry_cost, left=rows_cost, color=_FAIL, label="retries")
     cost_ax.set_yticks(y, models)
@@ -160,11 +175,8 @@ def _per_model(fig: Figure, results: pl.DataFrame, attempts: pl.DataFrame) -> No
     cost_ax.set_xlabel("USD")
     cost_ax.set_title("cost")
     left = np.zeros(len(models))
-    kinds = (
-        ("input_tokens", "input", "#6c5ba7"),
-        ("output_tokens", "output", "#b7a9e0"),
-        ("cache_creation_input_tokens", "cache write", "#6a9f4b"),
-        ("cache_read_input_tokens", "cache read", "#b6d69f"),
+    kinds = zip(
+        TOKEN_FIELDS, ("input", "output", "cache write", "cache read"), _TOKEN_COLOURS, strict=True
     )
     for column, label, colour in kinds:
         values = by_model(ok, column)
@@ -200,8 +212,9 @@ def _errors(fig: Figure, results: pl.DataFrame, attempts: pl.DataFrame) -> None:
 def _retry_share(fig: Figure, results: pl.DataFrame, attempts: pl.DataFrame) -> None:
     """How much of the spend went to attempts that failed and were retried."""
     ax = fig.subplots()
-    rows = float(results.filter(pl.col("status") == Status.OK.value)["cost_usd"].sum() or 0.0)
-    retries = float(attempts.filter(pl.col("outcome") != "ok")["cost_usd"].sum() or 0.0)
+    account = account_of(results, attempts)
+    rows = float(account["cost_usd"] or 0.0)
+    retries = float(account["retries"]["cost_usd"] or 0.0)
     if rows + retries <= 0:
         _no_data(ax, "priced spend")
         return
@@ -239,8 +252,9 @@ def _svg(
     return text[text.index("<svg") :]
 
 
-def _usd(value: float | None) -> str:
-    return "n/a" if value is None else f"${value:,.4f}"
+def account_of(results: pl.DataFrame, attempts: pl.DataFrame) -> dict[str, Any]:
+    """The account of frames already read (the charts' own copy of the run)."""
+    return account(results.lazy(), attempts.lazy())
 
 
 def _headline(report: dict[str, Any]) -> list[tuple[str, str]]:
@@ -255,7 +269,7 @@ def _headline(report: dict[str, Any]) -> list[tuple[str, str]]:
             f"{tokens['cache_creation_input_tokens']:,} write · "
             f"{tokens['cache_read_input_tokens']:,} read",
         ),
-        ("cost", f"{_usd(account['cost_usd'])} rows + {_usd(retries['cost_usd'])} retries"),
+        ("cost", f"{cost_text(account)} rows + {usd(retries['cost_usd'])} retries"),
         ("attempts", f"{account['attempts']:,} ({retries['failed_attempts']:,} failed)"),
     ]
     if report["kind"] == "run":

@@ -70,6 +70,15 @@ class Request:
     max_tokens: int
 
 
+# The four token counts of a usage, as the API and the results table name them.
+TOKEN_FIELDS = (
+    "input_tokens",
+    "output_tokens",
+    "cache_creation_input_tokens",
+    "cache_read_input_tokens",
+)
+
+
 @dataclass(frozen=True, slots=True)
 class Usage:
     """Token usage as the API reported it (cache creation split by TTL when known)."""

@@ -14,7 +14,7 @@ from typing import Any
 
 import polars as pl
 
-from runner.models import Attempt, RowResult
+from runner.models import TOKEN_FIELDS, Attempt, RowResult
 
 RESULT_SCHEMA: dict[str, Any] = {
     "id": pl.String,
@@ -56,12 +56,6 @@ ATTEMPT_SCHEMA: dict[str, Any] = {
     "fingerprint": pl.String,
     "custom_id": pl.String,
 }
-_USAGE_FIELDS = (
-    "input_tokens",
-    "output_tokens",
-    "cache_creation_input_tokens",
-    "cache_read_input_tokens",
-)
 
 
 def result_record(result: RowResult) -> dict[str, Any]:
@@ -84,7 +78,7 @@ def result_record(result: RowResult) -> dict[str, Any]:
         "line": result.line,
         "fingerprint": result.fingerprint,
     }
-    for name in _USAGE_FIELDS:
+    for name in TOKEN_FIELDS:
         record[name] = getattr(usage, name) if usage is not None else None
     return record
 
@@ -109,7 +103,7 @@ def attempt_record(attempt: Attempt) -> dict[str, Any]:
         "fingerprint": attempt.fingerprint,
         "custom_id": attempt.custom_id,
     }
-    for name in _USAGE_FIELDS:
+    for name in TOKEN_FIELDS:
         record[name] = getattr(usage, name) if usage is not None else None
     return record
 

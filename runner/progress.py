@@ -24,6 +24,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+from runner.accounting import cost_text, usd
 from runner.logs import emit
 from runner.stats import RunStats
 
@@ -75,7 +76,7 @@ class Figures:
     requests_per_s: float
     input_tokens_per_s: float
     output_tokens_per_s: float
-    cost_usd: float
+    cost: dict[str, Any]
     projected_cost_usd: float | None
     eta_s: float | None
     in_flight: int
@@ -109,8 +110,11 @@ def figures(stats: RunStats, snapshot: dict[str, Any], first: Sample, last: Samp
     projected = None
     if remaining is not None:
         eta = 0.0 if remaining == 0 else (remaining / rows_per_s if rows_per_s > 0 else None)
-        if done:
-            projected = stats.cost_usd + stats.cost_usd / done * remaining
+        priced = stats.totals.priced_rows
+        if priced:
+            # Priced rows only: an unpriced row adds no dollars, now or later.
+            spent = stats.totals.priced_cost
+            projected = spent + spent / done * remaining
     concurrency = snapshot.get("concurrency")
     return Figures(
         rows_done=rows_done,
@@ -121,7 +125,7 @@ def figures(stats: RunStats, snapshot: dict[str, Any], first: Sample, last: Samp
         requests_per_s=rate(first.requests, last.requests),
         input_tokens_per_s=rate(first.input_tokens, last.input_tokens),
         output_tokens_per_s=rate(first.output_tokens, last.output_tokens),
-        cost_usd=stats.cost_usd,
+        cost=stats.totals.figures(),
         projected_cost_usd=projected,
         eta_s=eta,
         in_flight=int(snapshot.get("in_flight", stats.in_flight) or 0),
@@ -154,7 +158,7 @@ def _parts(f: Figures) -> list[str]:
         f"ok {f.ok:,} · error {f.error:,} · invalid {f.invalid:,}",
         f"{f.requests_per_s:.1f} req/s · in {f.input_tokens_per_s:,.0f} tok/s · "
         f"out {f.output_tokens_per_s:,.0f} tok/s",
-        f"${f.cost_usd:.4f}{projected}",
+        f"{cost_text(f.cost)}{projected}",
         f"in flight {f.in_flight}{limit} · waiting on {f.waiting_on}",
     ]
 
@@ -282,6 +286,10 @@ def summary_fields(outcome: Any) -> dict[str, Any]:
         "rows": summary["rows"],
         "tokens": summary["tokens"],
         "cost_usd": summary["cost_usd"],
+        "cost": cost_text(summary),
+        "priced_rows": summary["priced_rows"],
+        "unpriced_rows": summary["unpriced_rows"],
+        "unpriced_models": summary["unpriced_models"],
         "retry_cost_usd": summary["retries"]["cost_usd"],
         "wall_time_s": round(stats.elapsed, 3),
         "rows_done": stats.done,
@@ -308,7 +316,7 @@ def summary_lines(outcome: Any) -> list[str]:
         f"tokens: {tokens['input_tokens']:,} input, {tokens['output_tokens']:,} output, "
         f"{tokens['cache_creation_input_tokens']:,} cache write, "
         f"{tokens['cache_read_input_tokens']:,} cache read",
-        f"cost: ${f['cost_usd']:.4f} (retries: ${f['retry_cost_usd']:.4f})",
+        f"cost: {f['cost']} (retries: {usd(f['retry_cost_usd'])})",
         f"wall time: {wall:.1f} s ({rate:.1f} rows/s)",
         f"report: {f['report']}",
     ]
@@ -329,7 +337,7 @@ def final_line(outcome: Any) -> str:
         f"runner: exit {f['exit_code']}: {rows['ok']} ok, {rows['error']} error, "
         f"{rows['invalid']} invalid of {rows['total']}; "
         f"{f['tokens']['input_tokens']:,} in / {f['tokens']['output_tokens']:,} out tokens; "
-        f"${f['cost_usd']:.4f}; {f['wall_time_s']:.1f} s; report {f['report']}"
+        f"{f['cost']}; {f['wall_time_s']:.1f} s; report {f['report']}"
     )
     if f.get("most_common_error"):
         line += f"; most common error {f['most_common_error']}"

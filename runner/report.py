@@ -4,16 +4,13 @@
 people. A run dir holds `run.json`; a job dir holds run dirs. The dict's shape:
 
     run:  {"kind": "run", "run_dir", "run_id", "job", "started_at", "ended_at",
-           "prices": {"as_of", "source", "overrides"}, **ACCOUNT, "latency_ms", "ttft_ms",
+           "prices": {"as_of", "source", "kind", "builtin_as_of", "overrides"},
+           **ACCOUNT, "latency_ms", "ttft_ms",
            "time": {"wall_time_s", "active_s", "rows_per_s", "requests_per_s",
                     "output_tokens_per_s", "rate_limit_wait_s", "retry_backoff_s"},
            "errors": [{"error_type", "rows", "example_ids"}]}
     job:  {"kind": "job", "job_dir", "job", "runs": [run, ...], "total": ACCOUNT}
-    ACCOUNT = {"rows": {"ok", "error", "invalid", "total"}, "tokens": TOKENS,
-               "cost_usd", "unpriced_rows", "spend_usd", "attempts",
-               "by_model": {model: {"rows", "tokens": TOKENS, "cost_usd"}},
-               "retries": {"failed_attempts", **TOKENS, "cost_usd",
-                           "by_error_type": {type: count}}}
+    ACCOUNT: the shape `runner.accounting.account` gives (rows, tokens, cost per model).
 
 `cost_usd` is what the rows' successful attempts cost; `retries.cost_usd` what the
 failed attempts cost; `spend_usd` is both, the bill. Percentiles are over ok rows.
@@ -29,17 +26,11 @@ from typing import Any
 
 import polars as pl
 
+from runner.accounting import ACCOUNT_COLUMNS, RunReader, account, cost_text, usd
 from runner.errors import UsageError
 from runner.models import Status
 from runner.pricing import describe
-from runner.store import RunStore
 
-TOKEN_KINDS = (
-    "input_tokens",
-    "output_tokens",
-    "cache_creation_input_tokens",
-    "cache_read_input_tokens",
-)
 PRICE_SOURCE_KEYS = ("as_of", "source", "kind", "builtin_as_of", "overrides")
 PERCENTILES = (50, 90, 99)
 EXAMPLE_IDS = 3
@@ -72,30 +63,25 @@ def build_report(path: Path) -> dict[str, Any]:
     """The report of a run dir, or of every run of a job dir with their sum."""
     kind, runs = find_runs(path)
     if kind == "run":
-        return _run_report(runs[0])
-    reports, frames = [], []
-    for run_dir in runs:
-        store = RunStore(run_dir)
-        results, attempts = store.read_results(), store.read_attempts()
-        reports.append(_run_report(run_dir, results, attempts))
-        frames.append((results, attempts))
+        return _run_report(RunReader(runs[0]))
+    readers = [RunReader(run_dir) for run_dir in runs]
     total = account(
-        pl.concat([r for r, _ in frames], how="vertical_relaxed"),
-        pl.concat([a for _, a in frames], how="vertical_relaxed"),
+        pl.concat([r.results() for r in readers], how="diagonal_relaxed"),
+        pl.concat([r.attempts() for r in readers], how="diagonal_relaxed"),
     )
+    reports = [_run_report(reader) for reader in readers]
     return {"kind": "job", "job_dir": str(path), "job": path.name, "runs": reports, "total": total}
 
 
-def _run_report(
-    run_dir: Path, results: pl.DataFrame | None = None, attempts: pl.DataFrame | None = None
-) -> dict[str, Any]:
-    if results is None or attempts is None:
-        store = RunStore(run_dir)
-        results, attempts = store.read_results(), store.read_attempts()
+def _run_report(reader: RunReader) -> dict[str, Any]:
+    run_dir = reader.run_dir
     info = read_run_json(run_dir)
     summary = read_run_json(run_dir, "summary.json")
     prices = info.get("prices") or {}
+    results = reader.results((*ACCOUNT_COLUMNS, "latency_ms", "ttft_ms", "error_type"))
+    attempts = reader.attempts()
     ok = results.filter(pl.col("status") == Status.OK.value)
+    timing = ok.select("latency_ms", "ttft_ms").collect()
     report: dict[str, Any] = {
         "kind": "run",
         "run_dir": str(run_dir),
@@ -105,57 +91,12 @@ def _run_report(
         "ended_at": info.get("ended_at"),
         "prices": {k: prices.get(k) for k in PRICE_SOURCE_KEYS},
         **account(results, attempts),
-        "latency_ms": percentiles(ok["latency_ms"]),
-        "ttft_ms": percentiles(ok["ttft_ms"]),
+        "latency_ms": percentiles(timing["latency_ms"]),
+        "ttft_ms": percentiles(timing["ttft_ms"]),
     }
-    report["time"] = _time(report, attempts, summary)
+    report["time"] = _time(report, attempts.select("started_at", "latency_ms", "wait_s"), summary)
     report["errors"] = _errors(results)
     return report
-
-
-def account(results: pl.DataFrame, attempts: pl.DataFrame) -> dict[str, Any]:
-    """Rows by status, tokens and cost (per model and in total), and what retries cost."""
-    rows = {s.value: 0 for s in Status}
-    for status, count in results.group_by("status").len().iter_rows():
-        rows[status] = count
-    ok = results.filter(pl.col("status") == Status.OK.value)
-    by_model = {}
-    for (model,), group in ok.sort("model", nulls_last=True).group_by("model", maintain_order=True):
-        by_model[str(model)] = {
-            "rows": group.height,
-            "tokens": _tokens(group),
-            "cost_usd": _cost(group),
-        }
-    failed = attempts.filter(pl.col("outcome") != "ok")
-    by_error = failed.group_by("error_type").len().sort(["len", "error_type"], descending=True)
-    retries = {
-        "failed_attempts": failed.height,
-        **_tokens(failed),
-        "cost_usd": _cost(failed) or 0.0,
-        "by_error_type": {str(t): n for t, n in by_error.iter_rows()},
-    }
-    cost = _cost(ok)
-    return {
-        "rows": {**rows, "total": results.height},
-        "tokens": _tokens(ok),
-        "cost_usd": cost,
-        # A row of a model with no price has a null cost: say how many, never guess.
-        "unpriced_rows": int(ok["cost_usd"].null_count()),
-        "spend_usd": round((cost or 0.0) + retries["cost_usd"], 10),
-        "attempts": attempts.height,
-        "by_model": by_model,
-        "retries": retries,
-    }
-
-
-def _tokens(frame: pl.DataFrame) -> dict[str, int]:
-    return {name: int(frame[name].sum() or 0) for name in TOKEN_KINDS}
-
-
-def _cost(frame: pl.DataFrame) -> float | None:
-    """The sum of the priced rows, or None when no row has a price."""
-    costs = frame["cost_usd"].drop_nulls()
-    return round(float(costs.sum()), 10) if costs.len() else None
 
 
 def percentiles(values: pl.Series) -> dict[str, float | None]:
@@ -182,8 +123,9 @@ def active_seconds(starts: Iterable[float], ends: Iterable[float]) -> float:
     return total
 
 
-def _time(report: dict[str, Any], attempts: pl.DataFrame, summary: dict) -> dict[str, Any]:
+def _time(report: dict[str, Any], lazy_attempts: pl.LazyFrame, summary: dict) -> dict[str, Any]:
     """Wall time, busy time, throughput, and time spent waiting on limits and backoff."""
+    attempts = lazy_attempts.collect()
     wall = None
     if report["started_at"] and report["ended_at"]:
         started = datetime.fromisoformat(report["started_at"])
@@ -209,7 +151,7 @@ def _time(report: dict[str, Any], attempts: pl.DataFrame, summary: dict) -> dict
     }
 
 
-def _errors(results: pl.DataFrame) -> list[dict[str, Any]]:
+def _errors(results: pl.LazyFrame) -> list[dict[str, Any]]:
     """The most common reasons rows failed, with a few example ids each."""
     failed = results.filter(pl.col("status") != Status.OK.value)
     grouped = (
@@ -217,6 +159,7 @@ def _errors(results: pl.DataFrame) -> list[dict[str, Any]]:
         .agg(pl.len().alias("rows"), pl.col("id").head(EXAMPLE_IDS).alias("example_ids"))
         .sort("rows", descending=True, maintain_order=True)
         .head(TOP_ERRORS)
+        .collect()
     )
     return [
         {"error_type": str(t), "rows": n, "example_ids": list(ids)}
@@ -239,7 +182,7 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append(
             f"{run['run_id']:<22} {run['rows']['ok']:>7,} {run['rows']['error']:>6,} "
             f"{run['rows']['invalid']:>7,} {sum(run['tokens'].values()):>12,} "
-            f"{_usd(run['cost_usd']):>11} {_usd(run['retries']['cost_usd']):>10} "
+            f"{usd(run['cost_usd']):>11} {usd(run['retries']['cost_usd']):>10} "
             f"{'-' if wall is None else f'{wall:.1f}s':>8}"
         )
     lines += ["", "total:", *_format_account(report["total"])]
@@ -286,30 +229,25 @@ def _format_account(account_: dict[str, Any]) -> list[str]:
         lines.append(
             f"{name:<28} {entry['rows']:>7,} {t['input_tokens']:>12,} {t['output_tokens']:>12,} "
             f"{t['cache_creation_input_tokens']:>12,} {t['cache_read_input_tokens']:>12,} "
-            f"{_usd(entry['cost_usd']):>11}"
+            f"{usd(entry['cost_usd']):>11}"
         )
-    if account_["unpriced_rows"]:
-        lines.append(f"({account_['unpriced_rows']:,} ok rows have no price: not in the cost)")
+    lines.append(f"cost: {cost_text(account_)}")
     lines.append(
         f"retries: {retries['failed_attempts']:,} failed attempts, "
         f"{retries['input_tokens']:,} input + {retries['output_tokens']:,} output tokens, "
-        f"{_usd(retries['cost_usd'])}"
+        f"{usd(retries['cost_usd'])}"
         + (
             " (" + ", ".join(f"{k} {v:,}" for k, v in retries["by_error_type"].items()) + ")"
             if retries["by_error_type"]
             else ""
         )
     )
-    lines.append(f"spend (rows + retries): {_usd(account_['spend_usd'])}")
+    lines.append(f"spend (rows + retries): {usd(account_['spend_usd'])}")
     return lines
 
 
 def _format_percentiles(values: dict[str, float | None]) -> str:
     return "  ".join(f"{k} {_num(v, '')}" for k, v in values.items())
-
-
-def _usd(value: float | None) -> str:
-    return "n/a" if value is None else f"${value:,.4f}"
 
 
 def _num(value: float | None, unit: str) -> str:

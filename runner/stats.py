@@ -6,6 +6,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
+from runner.accounting import LiveTotals
 from runner.models import Attempt, RowResult, Status
 
 
@@ -19,11 +20,8 @@ class RunStats:
     error_types: Counter[str] = field(default_factory=Counter)
     requests: int = 0
     failed_attempts: int = 0
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cache_creation_input_tokens: int = 0
-    cache_read_input_tokens: int = 0
-    cost_usd: float = 0.0
+    # Tokens and cost of ok rows, kept as the accounting module keeps them.
+    totals: LiveTotals = field(default_factory=LiveTotals)
     retry_cost_usd: float = 0.0
     in_flight: int = 0
     started: float = field(default_factory=time.monotonic)
@@ -34,13 +32,7 @@ class RunStats:
         self.statuses[result.status.value] += 1
         if result.status is not Status.OK and result.error_type:
             self.error_types[result.error_type] += 1
-        if result.usage is not None and result.status is Status.OK:
-            self.input_tokens += result.usage.input_tokens
-            self.output_tokens += result.usage.output_tokens
-            self.cache_creation_input_tokens += result.usage.cache_creation_input_tokens
-            self.cache_read_input_tokens += result.usage.cache_read_input_tokens
-        if result.cost_usd is not None:
-            self.cost_usd += result.cost_usd
+        self.totals.add(result)
 
     def add_attempt(self, attempt: Attempt) -> None:
         """Count an HTTP attempt; a failed one's cost is what retries cost."""
@@ -49,6 +41,16 @@ class RunStats:
             self.failed_attempts += 1
             if attempt.cost_usd is not None:
                 self.retry_cost_usd += attempt.cost_usd
+
+    @property
+    def input_tokens(self) -> int:
+        """Input tokens of the ok rows so far."""
+        return self.totals.tokens["input_tokens"]
+
+    @property
+    def output_tokens(self) -> int:
+        """Output tokens of the ok rows so far."""
+        return self.totals.tokens["output_tokens"]
 
     @property
     def done(self) -> int:

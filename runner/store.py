@@ -209,6 +209,18 @@ class RunStore:
 
     # ---- reading --------------------------------------------------------
 
+    def journal_records(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """Rows and attempts still only in the journal (a live or crashed run), oldest first."""
+        results: list[dict[str, Any]] = []
+        attempts: list[dict[str, Any]] = []
+        if self.journal_dir.is_dir():
+            for path in sorted(self.journal_dir.glob("segment-*.jsonl")):
+                for entry in _read_journal(path):
+                    if entry.get("r") is not None:
+                        results.append(entry["r"])
+                    attempts.extend(entry.get("a") or [])
+        return results, attempts
+
     def _read_part(self, path: Path, columns: list[str] | None = None) -> pl.DataFrame | None:
         """A results part with its state columns beside it, or None if it is damaged."""
         try:
@@ -285,11 +297,13 @@ class RunStore:
             .select(selected)
         )
 
-    def scan_results(self, with_state: bool = False) -> pl.LazyFrame:
+    def scan_results(
+        self, with_state: bool = False, columns: list[str] | None = None
+    ) -> pl.LazyFrame:
         """The results as a lazy frame: streamed from disk when compacted, else deduplicated."""
         spans, in_order = self._spans()
         if not (in_order and spans):
-            return self.read_results(with_state=with_state).lazy()
+            return self.read_results(with_state=with_state, columns=columns).lazy()
         paths = [path for path, _, _ in spans]
         results = pl.scan_parquet(paths)
         if not with_state:

@@ -35,7 +35,7 @@ def _stats(**totals: int) -> RunStats:
 
 def test_figures_rates_eta_and_projected_cost() -> None:
     stats = _stats(total_rows=1000, ok=180, error=15, invalid=5, skipped=50, requests=260)
-    stats.cost_usd = 2.0
+    stats.totals.priced_cost, stats.totals.priced_rows = 2.0, 180
     first = Sample(at=10.0, rows=100, requests=120, input_tokens=1000, output_tokens=500)
     last = Sample(at=20.0, rows=200, requests=260, input_tokens=6000, output_tokens=2500)
     f = figures(stats, {"concurrency": 32, "in_flight": 7, "waiting_on": "itpm"}, first, last)

@@ -145,7 +145,9 @@ def test_an_unknown_model_costs_null_with_one_warning(
     assert len(warnings) == 1
     report = build_report(outcome.run_dir)
     assert report["cost_usd"] is None and report["unpriced_rows"] == 5
-    assert "5 ok rows have no price" in format_report(report)
+    assert "cost: n/a: 5 rows unpriced (models m-x)" in format_report(report)
+    assert outcome.summary["cost_usd"] is None  # never $0 for rows with no price
+    assert outcome.summary["unpriced_models"] == ["m-x"]
 
 
 def test_an_override_file_changes_the_cost(tmp_path: Path, mock_api, price_file: Path) -> None:
@@ -232,3 +234,20 @@ def test_a_path_that_is_no_run_is_a_usage_error(tmp_path: Path, make: str) -> No
 def test_active_seconds_is_the_union_of_the_intervals() -> None:
     assert active_seconds([0, 1, 10], [2, 3, 11]) == 4
     assert active_seconds([], []) == 0
+
+
+def test_priced_and_unpriced_rows_are_reported_apart(tmp_path: Path, mock_api) -> None:
+    priced = run_rows(tmp_path, mock_api.base_url, prompts(4, "p"), run_id="a")
+    unpriced = run_rows(
+        tmp_path, mock_api.base_url, prompts(3, "u"), run_id="b", **{"request.model": "m-y"}
+    )
+    assert priced.run_dir.parent == unpriced.run_dir.parent  # one job, two runs
+    job = build_report(priced.run_dir.parent)
+    total = job["total"]
+    assert total["priced_rows"] == 4 and total["unpriced_rows"] == 3
+    assert total["cost_usd"] == pytest.approx(priced.summary["cost_usd"], abs=1e-12)
+    text = format_report(job)
+    assert (
+        f"${priced.summary['cost_usd']:,.4f} for 4 priced rows; 3 rows unpriced (models m-y)"
+        in text
+    )
