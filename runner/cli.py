@@ -299,7 +299,7 @@ def estimate(**kwargs: Any) -> None:
 
 
 @cli.command()
-@click.argument("path", metavar="RUN_DIR|JOB_DIR", type=click.Path(path_type=Path))
+@click.argument("path", metavar="RUN_DIR|JOB_DIR|REPORTS_DIR", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print JSON. Default: text for people.")
 @click.option(
     "--html",
@@ -307,27 +307,43 @@ def estimate(**kwargs: Any) -> None:
     metavar="FILE",
     help="Write an HTML report to FILE. Default: none.",
 )
-def report(path: Path, as_json: bool, html: Path | None) -> None:
+@click.option(
+    "--since",
+    type=click.DateTime(formats=["%Y-%m-%d"]),
+    metavar="DATE",
+    help="Ledger only: runs started on or after DATE (YYYY-MM-DD, UTC). Default: all.",
+)
+def report(path: Path, as_json: bool, html: Path | None, since: Any) -> None:
     """Rows, tokens and cost per model, retries, latency, throughput and errors of a run.
 
-    Given a job dir (reports/JOB/), sums every run of the job, one line per run.
+    Given a job dir (reports/JOB/), sums every run of the job, one line per run. Given a
+    folder of jobs (reports/), prints the ledger: spend per day, per job and per model.
     """
+    from runner.ledger import build_ledger, format_ledger, is_ledger
     from runner.report import build_report, format_report
 
     setup_logging()
     try:
         if as_json and html is not None:
             raise UsageError("give --json or --html, not both")
+        ledger = is_ledger(path)
+        if since is not None and not ledger:
+            raise UsageError("--since applies to a folder of jobs (the ledger), not a run or job")
         if html is not None:
             from runner.html_report import write_html_report
 
-            write_html_report(path, html)
+            write_html_report(path, html, since.date() if since else None)
             click.echo(f"report: {html}")
             return
-        built = build_report(path)
+        if ledger:
+            built = build_ledger(path, since.date() if since else None)
+            text = format_ledger(built) if not as_json else ""
+        else:
+            built = build_report(path)
+            text = format_report(built) if not as_json else ""
     except RunnerError as exc:
-        _fail(exc, sends=False)
-    click.echo(json.dumps(built, indent=2) if as_json else format_report(built))
+        _fail(exc)
+    click.echo(json.dumps(built, indent=2) if as_json else text)
 
 
 @cli.command()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import html
 import io
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from runner.accounting import (
     cost_text,
     usd,
 )
+from runner.ledger import build_ledger, is_ledger
 from runner.models import TOKEN_FIELDS, Status
 from runner.report import build_report, find_runs
 
@@ -297,7 +298,58 @@ dl{display:grid;grid-template-columns:max-content 1fr;gap:.3rem 1.2rem}
 dt{color:#666} dd{margin:0;font-variant-numeric:tabular-nums}
 figure{margin:2rem 0} figcaption{font-weight:600;margin-bottom:.4rem}
 figure svg{max-width:100%;height:auto}
+table{border-collapse:collapse;margin:1.5rem 0} td,th{padding:.2rem .6rem;text-align:right}
 """
+
+
+def _spend_per_day(fig: Figure, ledger: dict[str, Any]) -> None:
+    """Spend per day (rows and retries), the ledger's view over time."""
+    ax = fig.subplots()
+    days = list(ledger["by_day"])
+    rows = np.array([float(v["cost_usd"] or 0.0) for v in ledger["by_day"].values()])
+    retries = np.array([float(v["retry_cost_usd"] or 0.0) for v in ledger["by_day"].values()])
+    x = np.arange(len(days))
+    ax.bar(x, rows, color=_OK, label="rows")
+    ax.bar(x, retries, bottom=rows, color=_FAIL, label="retries")
+    ax.set_xticks(x, days, rotation=60, ha="right")
+    ax.set_ylabel("USD")
+    ax.legend(frameon=False)
+
+
+def render_ledger_html(ledger: dict[str, Any]) -> str:
+    """The ledger's page: spend per day as a chart, then per day, per job and per model."""
+    with matplotlib.rc_context(_RC):
+        fig = Figure(figsize=(9, 3.5), layout="constrained")
+        _spend_per_day(fig, ledger)
+        buffer = io.StringIO()
+        fig.savefig(buffer, format="svg", metadata={"Date": None})
+    svg = buffer.getvalue()
+    svg = svg[svg.index("<svg") :]
+    columns = ("runs", "rows", "input_tokens", "output_tokens", "cost_usd", "retry_cost_usd")
+    columns += ("spend_usd", "unpriced_rows")
+    tables = []
+    for title, key in (("day", "by_day"), ("job", "by_job"), ("model", "by_model")):
+        head = "".join(f"<th>{html.escape(c)}</th>" for c in (title, *columns))
+        body = "".join(
+            f"<tr><td>{html.escape(name)}</td>"
+            + "".join(f"<td>{html.escape(_cell(c, line[c]))}</td>" for c in columns)
+            + "</tr>"
+            for name, line in ledger[key].items()
+        )
+        tables.append(f'<table id="ledger-{title}"><tr>{head}</tr>{body}</table>')
+    total = ledger["total"]
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>runner ledger</title><style>{_CSS}</style></head><body>"
+        f"<h1>runner ledger: {html.escape(ledger['root'])}</h1>"
+        f'<p class="sub">{ledger["runs"]:,} runs · spend {usd(total["spend_usd"])}</p>'
+        f'<figure class="chart" id="chart-spend-per-day"><figcaption>Spend per day'
+        f"</figcaption>{svg}</figure>{''.join(tables)}</body></html>\n"
+    )
+
+
+def _cell(column: str, value: Any) -> str:
+    return usd(value) if column.endswith("_usd") else f"{value:,}"
 
 
 def render_html(report: dict[str, Any], results: pl.DataFrame, attempts: pl.DataFrame) -> str:
@@ -323,11 +375,14 @@ def render_html(report: dict[str, Any], results: pl.DataFrame, attempts: pl.Data
     )
 
 
-def write_html_report(path: Path, out: Path) -> None:
-    """Write the HTML report of a run dir or a job dir to `out` (atomically)."""
-    report = build_report(path)
-    results, attempts = _frames(path)
-    page = render_html(report, results, attempts)
+def write_html_report(path: Path, out: Path, since: date | None = None) -> None:
+    """Write the HTML report of a run dir, a job dir or a ledger folder to `out` (atomically)."""
+    if is_ledger(path):
+        page = render_ledger_html(build_ledger(path, since))
+    else:
+        report = build_report(path)
+        results, attempts = _frames(path)
+        page = render_html(report, results, attempts)
     tmp = out.with_name(f".{out.name}.tmp")
     tmp.write_text(page, encoding="utf-8")
     tmp.replace(out)
