@@ -53,6 +53,11 @@ class RunStats:
         return self.totals.tokens["output_tokens"]
 
     @property
+    def cost_usd(self) -> float:
+        """Dollars of the priced ok rows so far (unpriced rows are in `totals`, not here)."""
+        return self.totals.priced_cost
+
+    @property
     def done(self) -> int:
         """Rows finished in this run."""
         return sum(self.statuses.values())
