@@ -144,28 +144,33 @@ def _run_options(func: Any) -> Any:
     return func
 
 
+# Each job setting a flag can give, and the flag's parameter name (`--rpm` is `rpm`).
+SETTING_FLAGS = {
+    "input": "input_path",
+    "input_format": "input_format",
+    "id_column": "id_column",
+    "base_url": "base_url",
+    "prices": "prices",
+    "output_dir": "output_dir",
+    "request.model": "model",
+    "request.max_tokens": "max_tokens",
+    "request.system": "system",
+    "request.prompt": "prompt",
+    "limits.concurrency": "concurrency",
+    "limits.requests_per_minute": "rpm",
+    "limits.input_tokens_per_minute": "itpm",
+    "limits.output_tokens_per_minute": "otpm",
+    "retry.max_attempts": "max_attempts",
+    "retry.idle_timeout": "idle_timeout",
+    "retry.grace_period": "grace_period",
+    "mode": "mode",
+    "batch.size": "batch_size",
+    "batch.poll_interval": "poll_interval",
+}
+
+
 def _flags(kwargs: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "input": kwargs.get("input_path"),
-        "input_format": kwargs.get("input_format"),
-        "id_column": kwargs.get("id_column"),
-        "base_url": kwargs.get("base_url"),
-        "prices": kwargs.get("prices"),
-        "request.model": kwargs.get("model"),
-        "request.max_tokens": kwargs.get("max_tokens"),
-        "request.system": kwargs.get("system"),
-        "request.prompt": kwargs.get("prompt"),
-        "limits.concurrency": kwargs.get("concurrency"),
-        "limits.requests_per_minute": kwargs.get("rpm"),
-        "limits.input_tokens_per_minute": kwargs.get("itpm"),
-        "limits.output_tokens_per_minute": kwargs.get("otpm"),
-        "retry.max_attempts": kwargs.get("max_attempts"),
-        "retry.idle_timeout": kwargs.get("idle_timeout"),
-        "retry.grace_period": kwargs.get("grace_period"),
-        "mode": kwargs.get("mode"),
-        "batch.size": kwargs.get("batch_size"),
-        "batch.poll_interval": kwargs.get("poll_interval"),
-    }
+    return {setting: kwargs.get(param) for setting, param in SETTING_FLAGS.items()}
 
 
 @cli.command()
@@ -173,9 +178,8 @@ def _flags(kwargs: dict[str, Any]) -> dict[str, Any]:
 @click.option(
     "--output-dir",
     type=click.Path(path_type=Path),
-    default=Path("reports"),
-    show_default=True,
-    help="Where runs are written: DIR/<job>/<run-id>/.",
+    help="Where runs are written: DIR/<job>/<run-id>/. Default: the job's output_dir, "
+    "else reports/ under the current directory (under cron, the user's home).",
 )
 @click.option("--run-id", help="Run id; an existing one resumes. Default: a new timestamp id.")
 @click.option("--resume", is_flag=True, help="Resume the job's latest run.")
@@ -219,7 +223,7 @@ def run(**kwargs: Any) -> None:
         outcome = execute(
             job,
             RunOptions(
-                output_dir=kwargs["output_dir"],
+                output_dir=job.output_dir,
                 run_id=kwargs["run_id"],
                 resume=kwargs["resume"],
                 limit=kwargs["limit"],
@@ -260,9 +264,8 @@ def _finish(outcome: RunOutcome, *, quiet: bool = False, log_format: str = "text
 @click.option(
     "--output-dir",
     type=click.Path(path_type=Path),
-    default=Path("reports"),
-    show_default=True,
-    help="Where the pilot run is written and earlier runs are looked for.",
+    help="Where the pilot run is written and earlier runs are looked for. "
+    "Default: the job's output_dir, else reports/ under the current directory.",
 )
 @click.option(
     "--count-concurrency",
@@ -288,7 +291,7 @@ def estimate(**kwargs: Any) -> None:
                 offline=kwargs["offline"],
                 pilot=kwargs["pilot"],
                 limit=kwargs["limit"],
-                output_dir=kwargs["output_dir"],
+                output_dir=job.output_dir,
                 count_concurrency=kwargs["count_concurrency"],
                 allow_retired=kwargs["allow_retired"],
             ),

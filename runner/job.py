@@ -21,6 +21,7 @@ from runner.models import InputFormat
 from runner.render import parse_template
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
+DEFAULT_OUTPUT_DIR = Path("reports")
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +101,9 @@ class Job:
     job_file: Path | None = None
     mode: Mode = Mode.STREAM
     batch: BatchSpec = field(default_factory=BatchSpec)
+    # Relative to the working directory when not set in a job file: under cron, that
+    # is the crontab user's home, so a nightly job sets it (absolute) in the file.
+    output_dir: Path = DEFAULT_OUTPUT_DIR
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready view of the job, for run.json."""
@@ -111,6 +115,7 @@ class Job:
             "base_url": self.base_url,
             "prices": str(self.prices) if self.prices else None,
             "job_file": str(self.job_file) if self.job_file else None,
+            "output_dir": str(self.output_dir),
             "request": _as_dict(self.request),
             "limits": _as_dict(self.limits),
             "retry": _as_dict(self.retry),
@@ -131,6 +136,7 @@ _TOP_KEYS = {
     "base_url": str,
     "prices": (str, dict),
     "mode": str,
+    "output_dir": str,
 }
 _SECTIONS: dict[str, type] = {
     "request": RequestSpec,
@@ -338,6 +344,15 @@ def resolve_job(job_file: Path | None, flags: dict[str, Any]) -> Job:
             else _job_relative(str(prices), job_file if "prices" not in given else None)
         )
 
+    output_value = settings.get("output_dir")
+    output_dir = (
+        output_value
+        if isinstance(output_value, Path)
+        else _job_relative(str(output_value), job_file if "output_dir" not in given else None)
+        if output_value is not None
+        else DEFAULT_OUTPUT_DIR
+    )
+
     sections = {}
     for section, cls in _SECTIONS.items():
         values = {k.split(".", 1)[1]: v for k, v in settings.items() if k.startswith(section + ".")}
@@ -355,6 +370,7 @@ def resolve_job(job_file: Path | None, flags: dict[str, Any]) -> Job:
         price_overrides=price_overrides,
         job_file=job_file,
         mode=mode,
+        output_dir=output_dir,
         **sections,
     )
     if not job.request.model:

@@ -6,7 +6,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
+from helpers import prompts, write_jsonl
 
+from runner.cli import cli
 from runner.errors import JobFileError, UsageError
 from runner.job import load_job_file, resolve_job
 from runner.models import InputFormat
@@ -37,7 +40,7 @@ def job_error(tmp_path: Path, text: str | bytes, flags: dict[str, Any] | None = 
         (
             "zzz = 1\n",
             "unknown key 'zzz' (valid keys: name, input, input_format, id_column, base_url, "
-            "prices, mode, request, limits, retry, batch)",
+            "prices, mode, output_dir, request, limits, retry, batch)",
         ),
         ("request = 5\n", "[request] must be a table"),
     ],
@@ -201,3 +204,31 @@ def test_a_valid_job_resolves_with_flags_winning(tmp_path: Path) -> None:
     assert job.input_format is InputFormat.JSONL
     assert job.limits.concurrency == 9 and job.request.max_tokens == 1024
     assert job.request.stop_sequences == ["END"]
+
+
+def test_output_dir_is_relative_to_the_job_file_and_a_flag_wins(tmp_path: Path) -> None:
+    jobs = tmp_path / "jobs"
+    jobs.mkdir()
+    job_file = _write(jobs / "job.toml", 'output_dir = "nightly"\n' + HEAD)
+    assert resolve_job(job_file, {}).output_dir == jobs / "nightly"
+    flagged = resolve_job(job_file, {"output_dir": Path("elsewhere")})
+    assert flagged.output_dir == Path("elsewhere")
+    # Without the key, `reports` under the working directory, as before.
+    assert resolve_job(_write(jobs / "plain.toml", HEAD), {}).output_dir == Path("reports")
+
+
+def test_a_run_writes_where_the_job_file_says(tmp_path: Path, mock_api) -> None:
+    jobs = tmp_path / "jobs"
+    jobs.mkdir()
+    write_jsonl(jobs / "in.jsonl", prompts(3))
+    job_file = _write(
+        jobs / "nightly.toml",
+        'input = "in.jsonl"\noutput_dir = "runs"\n[request]\nmodel = "claude-sonnet-5-5"\n',
+    )
+    result = CliRunner().invoke(
+        cli, ["run", str(job_file), "--base-url", mock_api.base_url], catch_exceptions=False
+    )
+    assert result.exit_code == 0, result.output
+    (run_dir,) = (jobs / "runs" / "in").iterdir()  # the job is named after its input
+    assert (run_dir / "summary.json").is_file()
+    assert not (tmp_path / "reports").exists()
