@@ -82,6 +82,8 @@ ATTEMPT_COLUMNS = {
     "cache_read_input_tokens": "Tokens this attempt read from the prompt cache.",
     "cost_usd": "What this attempt cost; summed over failed attempts, what retries cost.",
     "fingerprint": "The request's fingerprint (as in state/).",
+    "custom_id": "In batch mode, the batch item's `custom_id` (`request_id` is then the batch "
+    "id); null when streamed.",
 }
 # Job keys no flag sets (a flag's own help describes the others).
 JOB_KEYS = {
@@ -94,6 +96,8 @@ JOB_KEYS = {
     "request.stop_sequences": "Strings that end the answer where they appear "
     "(stop_reason `stop_sequence`). Default: none.",
     "request.cache_system": "Put `cache_control` on the system prompt, so rows share its cache.",
+    "batch.max_bytes": "Largest body of one batch in bytes; the Message Batches API takes at "
+    "most 256 MB.",
     "retry.max_retry_after": "Longest `retry-after` honoured, in seconds; a longer one is "
     "cut to it.",
 }
