@@ -130,21 +130,15 @@ class WorkerPool:
         try:
             completion = await self._send_with_retries(request, item.prior_attempts, attempts)
         except _Abandoned:
-            self.record(None, attempts)
-            return
+            return  # every attempt made was journaled before its retry wait
         except ApiError as exc:
             result = self._failed(request, item.prior_attempts, attempts, exc)
-            self.record(result, attempts)
+            self.record(result, attempts[-1:])
             self.stats.add_result(result)
             if isinstance(exc, FatalApiError):
                 self.control.fatal = self.control.fatal or exc
                 self.control.stop(self.fatal_grace)
             return
-        except anyio.get_cancelled_exc_class():
-            # Cancelled after the grace period: keep what failed attempts cost.
-            with anyio.CancelScope(shield=True):
-                self.record(None, attempts)
-            raise
         finally:
             self.stats.in_flight -= 1
         result = RowResult(
@@ -164,7 +158,7 @@ class WorkerPool:
             ttft_ms=completion.ttft_ms,
             latency_ms=completion.latency_ms,
         )
-        self.record(result, attempts)
+        self.record(result, attempts[-1:])
         self.stats.add_result(result)
 
     async def _send_with_retries(
@@ -185,6 +179,10 @@ class WorkerPool:
             stop=stop_after_attempt(self.max_attempts),
             wait=wait,
             retry=retry_if_exception_type(RetryableError),
+            # A failed attempt is journaled as soon as it ends, not when its row does: a
+            # kill -9 during the retries then loses none of what they cost. The last
+            # attempt of a row is journaled with the row.
+            before_sleep=lambda state: self.record(None, attempts[-1:]),
             sleep=anyio.sleep,
             reraise=True,
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -15,7 +16,7 @@ import polars as pl
 import pytest
 from helpers import prompts, write_jsonl
 
-from runner.mock import MockConfig, serve_in_thread
+from runner.mock import MockConfig, MockRecord, ServedAttempt, serve_in_thread
 from runner.store import open_store
 
 CONCURRENCY = 16
@@ -37,23 +38,39 @@ def _start(cmd: list[str], cwd: Path) -> subprocess.Popen[str]:
     )
 
 
-def _wait_until_rows_done(run_dir: Path, count: int, proc: subprocess.Popen[str]) -> None:
-    """Wait (bounded) until the journal or parts hold at least `count` finished rows."""
+def _wait_until_served(
+    record: MockRecord, count: int, proc: subprocess.Popen[str], since: float = 0.0
+) -> None:
+    """Wait (bounded) until the mock finished `count` attempts that started after `since`.
+
+    Waits for what the server really served, so a kill that follows lands mid-run.
+    """
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        ended = sum(1 for a in record.attempts() if a.started_at >= since and a.ended_at)
+        if ended >= count:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"the mock did not serve {count} attempts (exit {proc.poll()})")
+
+
+def _wait_for_a_retry_journaled(run_dir: Path, proc: subprocess.Popen[str]) -> set[str]:
+    """Wait (bounded) until the journal holds a failed attempt of a row still retrying.
+
+    Returns the request ids of such attempts: every one must reach the attempts table.
+    """
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and proc.poll() is None:
-        lines = (
-            sum(
-                p.read_bytes().count(b'"r": {')
-                for p in (run_dir / "journal").glob("*.jsonl")
-                if p.exists()
-            )
-            if (run_dir / "journal").exists()
-            else 0
-        )
-        parts = len(list((run_dir / "results").glob("part-*.parquet"))) if run_dir.exists() else 0
-        if lines + parts * 1000 >= count:
-            return
-        time.sleep(0.05)
+        pending = set()
+        for segment in (run_dir / "journal").glob("segment-*.jsonl"):
+            with contextlib.suppress(FileNotFoundError):  # turned into a part meanwhile
+                for line in segment.read_text().splitlines():
+                    if line.startswith('{"r": null') and line.endswith("}"):
+                        pending.update(a["request_id"] for a in json.loads(line)["a"])
+        if pending:
+            return pending
+        time.sleep(0.02)
+    raise AssertionError("no failed attempt was journaled while its row waited to retry")
 
 
 def _ok_on_disk(run_dir: Path) -> set[str]:
@@ -65,52 +82,79 @@ def _ok_on_disk(run_dir: Path) -> set[str]:
 
 def test_kill_9_at_random_moments_loses_nothing_and_pays_once(tmp_path: Path) -> None:
     rng = random.Random(1234)
-    rows = prompts(3000, prefix="crash")
+    rows = prompts(1500, prefix="crash")
     by_prompt = {r["prompt"]: r["id"] for r in rows}
     input_path = write_jsonl(tmp_path / "in.jsonl", rows)
     out = tmp_path / "out"
     run_dir = out / "in" / "r1"
-    with serve_in_thread(MockConfig(latency_ms=40)) as mock:
+    # Some attempts fail, so rows are killed mid-retry too.
+    with serve_in_thread(MockConfig(latency_ms=40, faults={"500": 0.1}, seed=7)) as mock:
         cmd = _command(input_path, mock.base_url, out, "--quiet")
-        snapshots: list[tuple[float, set[str]]] = []
+        kills: list[float] = []
+        retrying: set[str] = set()
+        snapshots: list[set[str]] = []
         for _ in range(5):
+            session_start = time.time()
             proc = _start(cmd, tmp_path)
-            done_before = len(snapshots[-1][1]) if snapshots else 0
-            _wait_until_rows_done(run_dir, done_before + rng.randint(100, 400), proc)
-            time.sleep(rng.random() * 0.3)
+            _wait_until_served(mock.record, rng.randint(60, 200), proc, since=session_start)
+            retrying |= _wait_for_a_retry_journaled(run_dir, proc)
+            time.sleep(rng.random() * 0.1)
             proc.send_signal(signal.SIGKILL)
             proc.communicate(timeout=30)
-            killed_at = time.time()
+            kills.append(time.time())
             ok = _ok_on_disk(run_dir)
-            served_ok_ids = {
-                by_prompt[a.prompt]
-                for a in mock.record.attempts()
-                if a.completed and a.status == 200 and a.ended_at and a.ended_at <= killed_at
-            }
-            # Requests the server finished but that are not on disk: at most those in flight.
-            assert len(served_ok_ids - ok) <= CONCURRENCY
-            snapshots.append((killed_at, ok))
+            assert ok - (snapshots[-1] if snapshots else set()), "this session finished no row"
+            snapshots.append(ok)
+        assert len(snapshots[-1]) < len(rows), "the kills did not land mid-run"
         final = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=120)
         assert final.returncode == 0, final.stderr
-        record = mock.record
+        served = mock.record.attempts()
 
-        results = pl.read_parquet(run_dir / "results" / "*.parquet")
-        assert results["id"].to_list() == [r["id"] for r in rows]  # once each, input order
-        assert set(results["status"]) == {"ok"}
-        for row, result in zip(rows, results.iter_rows(named=True), strict=True):
-            served = record.attempts_for_prompt(row["prompt"])
-            assert result["output_text"] == served[-1].text
-            assert result["output_tokens"] == served[-1].usage["output_tokens"]
-            assert result["input_tokens"] == served[-1].usage["input_tokens"]
-        # No row that was ok on disk before a kill was ever sent again after it.
-        for killed_at, ok in snapshots:
-            for row in rows:
-                if row["id"] in ok:
-                    late = [
-                        a for a in record.attempts_for_prompt(row["prompt"])
-                        if a.started_at > killed_at
-                    ]  # fmt: skip
-                    assert late == [], row["id"]
+    results = pl.read_parquet(run_dir / "results" / "*.parquet")
+    assert results["id"].to_list() == [r["id"] for r in rows]  # once each, input order
+    assert set(results["status"]) == {"ok"}
+    last_ok = {by_prompt[a.prompt]: a for a in served if a.completed}
+    for result in results.iter_rows(named=True):
+        answer = last_ok[result["id"]]
+        assert result["request_id"] == answer.request_id
+        assert result["output_text"] == answer.text
+        assert result["output_tokens"] == answer.usage["output_tokens"]
+
+    # The attempts table is the server's record, attempt for attempt, except attempts in
+    # flight at a kill: at most the pool's worth per kill, and none after the last kill.
+    table = pl.read_parquet(run_dir / "attempts" / "*.parquet")
+    assert table["request_id"].n_unique() == table.height
+    by_request = {a.request_id: a for a in served}
+    for request_id, status, attempt_id in table.select("request_id", "http_status", "id").rows():
+        assert by_request[request_id].status == status
+        assert by_prompt[by_request[request_id].prompt] == attempt_id
+    journaled = set(table["request_id"])
+    assert retrying <= journaled
+    missing = [a for a in served if a.request_id not in journaled]
+    for before, kill in zip([0.0, *kills], kills, strict=False):
+        lost = [a for a in missing if before <= a.started_at < kill]
+        assert len(lost) <= CONCURRENCY, (len(lost), [a.outcome for a in lost])
+        for attempt in lost:  # the row's latest attempt at the kill: still in flight
+            later = [
+                a for a in served
+                if a.prompt == attempt.prompt and attempt.started_at < a.started_at < kill
+            ]  # fmt: skip
+            assert later == [], f"{attempt.outcome} attempt not journaled before its retry"
+    assert [a for a in missing if a.started_at >= kills[-1]] == []
+
+    # No row ok on disk at a kill was sent again; a row paid twice was one whose answer
+    # was still in flight at a kill (served, not yet journaled).
+    for killed_at, ok in zip(kills, snapshots, strict=True):
+        late = [a for a in served if a.started_at > killed_at and by_prompt[a.prompt] in ok]
+        assert late == []
+    paid: dict[str, list[ServedAttempt]] = {}
+    for a in served:
+        if a.completed:
+            paid.setdefault(a.prompt, []).append(a)
+    twice = {prompt: answers for prompt, answers in paid.items() if len(answers) > 1}
+    for answers in twice.values():
+        assert all(a.request_id not in journaled for a in answers[:-1])
+    assert len(twice) <= CONCURRENCY * len(kills)
     assert not list(run_dir.rglob(".*.tmp"))
 
 
@@ -125,7 +169,7 @@ def test_signal_exits_130_and_the_resume_sends_only_the_rest(
     with serve_in_thread(MockConfig(latency_ms=40)) as mock:
         cmd = _command(input_path, mock.base_url, out)
         proc = _start(cmd, tmp_path)
-        _wait_until_rows_done(run_dir, 200, proc)
+        _wait_until_served(mock.record, 200, proc)
         proc.send_signal(signum)
         stdout, stderr = proc.communicate(timeout=30)
         assert proc.returncode == 130, stderr
