@@ -15,6 +15,7 @@ from runner import __version__
 from runner.batch_session import cancel_run
 from runner.errors import RunnerError, UsageError
 from runner.export import FORMATS
+from runner.input_formats import format_names
 from runner.job import Mode, resolve_job
 from runner.logs import redact, setup_logging
 from runner.models import Status
@@ -74,12 +75,14 @@ def _run_options(func: Any) -> Any:
             "--input",
             "input_path",
             type=click.Path(path_type=Path),
-            help="Input file (.csv or .jsonl). Default: the job's `input`.",
+            help="Input file (.csv, .jsonl or .parquet; .gz or .zst compressed), "
+            "or - for stdin. Default: the job's `input`.",
         ),
         click.option(
             "--input-format",
-            type=click.Choice(["csv", "jsonl"]),
-            help="Input format when the extension does not say. Default: from the extension.",
+            type=click.Choice(format_names()),
+            help="Input format when the extension does not say (stdin). Default: from the "
+            "extension.",
         ),
         click.option("--id-column", help="Column holding each row's id. Default: the row number."),
         click.option(

@@ -193,7 +193,7 @@ async def _count_all(
                 counted.rows += 1
             except RejectedError as exc:
                 # The run would get the same refusal: the row will end as an error.
-                counted.reject(f"{reader.path}:{request.line}: refused by count_tokens: {exc}")
+                counted.reject(f"{reader.name}:{request.line}: refused by count_tokens: {exc}")
             except ApiError as exc:
                 counted.failure = counted.failure or exc
                 scope.cancel()
@@ -219,7 +219,7 @@ def _requests(
         if isinstance(item, Request):
             yield item
         else:
-            counted.reject(f"{reader.path}:{item.line}: {item.reason}")
+            counted.reject(f"{reader.name}:{item.line}: {item.reason}")
 
 
 def _count_body(request: Request) -> dict[str, Any]:

@@ -26,9 +26,10 @@ import polars as pl
 
 from runner.answers import USABLE, answer_kind
 from runner.errors import RunnerError, UsageError
-from runner.inputs import InputReader, input_fingerprint
+from runner.input_source import InputSource
+from runner.inputs import InputReader
 from runner.job import RequestSpec
-from runner.models import InputFormat, InputRow, Request, Status
+from runner.models import InputRow, Request, Status
 from runner.parts import RESULT_SCHEMA
 from runner.render import Renderer
 from runner.report import find_runs, read_run_json
@@ -151,19 +152,21 @@ def _input_reader(run_dir: Path, info: dict[str, Any], result_columns: list[str]
     path = Path(fingerprint.get("path") or job.get("input") or "")
     # Result columns need no input: say so, since they are what can still be exported.
     instead = f"; export without it: --columns {','.join(result_columns)}"
+    if fingerprint.get("path") == "<stdin>":
+        raise UsageError(f"{run_dir}: the run read stdin: no input to join results to{instead}")
     if not path.is_file():
         raise UsageError(
             f"{run_dir}: the run's input {path} is gone: cannot join results to it{instead}"
         )
-    if input_fingerprint(path)["sha256"] != fingerprint.get("sha256"):
+    source = InputSource(path)
+    source.fingerprint_file()
+    if source.fingerprint()["sha256"] != fingerprint.get("sha256"):
         # Joining on line numbers of a file that has changed would pair the wrong rows.
         raise UsageError(
             f"{path} changed since run {run_dir.name}: cannot join results to it{instead}"
         )
     fmt = job.get("input_format")
-    reader = InputReader(
-        path, fmt=InputFormat(fmt) if fmt else None, id_column=job.get("id_column")
-    )
+    reader = InputReader(path, fmt=fmt or None, id_column=job.get("id_column"))
     reader.check()
     return reader
 
@@ -177,7 +180,7 @@ def _renderer(info: dict[str, Any]) -> Renderer:
 
 def _input_columns(reader: InputReader) -> list[str]:
     """Every input column in first-seen order (a JSONL file's objects may differ in keys)."""
-    if reader.fmt is InputFormat.CSV:
+    if reader.fmt is not None and reader.fmt.name != "jsonl":
         return list(reader.columns or [])
     names: dict[str, None] = {}
     for row in reader:

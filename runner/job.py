@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from runner.errors import JobFileError, UsageError
-from runner.models import InputFormat
+from runner.input_formats import FORMATS
+from runner.input_source import STDIN
 from runner.render import parse_template
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
@@ -90,7 +91,7 @@ class Job:
 
     name: str
     input: Path
-    input_format: InputFormat | None = None
+    input_format: str | None = None
     id_column: str | None = None
     base_url: str = DEFAULT_BASE_URL
     prices: Path | None = None
@@ -256,6 +257,13 @@ def load_job_file(path: Path) -> dict[str, Any]:
     return settings
 
 
+def _input_name(path: Path) -> str:
+    """The job name an input gives when no job file names it: its stem past compression."""
+    if path == STDIN:
+        return "stdin"
+    return path.name.split(".", 1)[0] or path.stem
+
+
 def _job_relative(value: str, job_file: Path | None) -> Path:
     """Paths in a job file are relative to the file, falling back to the working directory."""
     candidate = Path(value).expanduser()
@@ -314,17 +322,16 @@ def resolve_job(job_file: Path | None, flags: dict[str, Any]) -> Job:
         raise UsageError(f"{where}no input file: give --input PATH or `input` in the job file")
     input_path = (
         input_value
-        if isinstance(input_value, Path)
+        if isinstance(input_value, Path) or str(input_value) == str(STDIN)
         else _job_relative(str(input_value), job_file if "input" not in given else None)
     )
+    input_path = Path(input_path)
     fmt = settings.get("input_format")
     if fmt is not None:
-        try:
-            fmt = InputFormat(str(fmt).lower())
-        except ValueError:
-            raise UsageError(
-                f"{origin('input_format')} must be csv or jsonl, not '{fmt}'"
-            ) from None
+        fmt = str(fmt).lower()
+        if fmt not in FORMATS:
+            names = ", ".join(FORMATS)
+            raise UsageError(f"{origin('input_format')} must be one of {names}, not '{fmt}'")
 
     try:
         mode = Mode(str(settings.get("mode") or Mode.STREAM).lower())
@@ -359,7 +366,7 @@ def resolve_job(job_file: Path | None, flags: dict[str, Any]) -> Job:
         sections[section] = replace(cls(), **values)
 
     job = Job(
-        name=settings.get("name") or input_path.stem,
+        name=settings.get("name") or _input_name(input_path),
         input=input_path,
         input_format=fmt,
         id_column=settings.get("id_column"),

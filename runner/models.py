@@ -32,13 +32,6 @@ class Outcome(StrEnum):
     CANCELED = "canceled"
 
 
-class InputFormat(StrEnum):
-    """Input file formats `runner` reads."""
-
-    CSV = "csv"
-    JSONL = "jsonl"
-
-
 @dataclass(frozen=True, slots=True)
 class InputRow:
     """One readable input record: its id, its line in the file, and its columns."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import json
 import string
@@ -61,10 +62,7 @@ class Renderer:
             if name not in row.columns:
                 return InvalidRow(row.id, row.line, f"missing column '{name}'")
             value = row.columns[name]
-            if not isinstance(value, str):
-                found = _json_type(value)
-                return InvalidRow(row.id, row.line, f"'{name}' must be a string, found {found}")
-            parts.append(value)
+            parts.append(value if type(value) is str else template_text(value))
         prompt = "".join(parts)
         if not prompt.strip():
             return InvalidRow(row.id, row.line, "empty prompt")
@@ -102,15 +100,22 @@ def parse_template(template: str) -> list[tuple[str, str | None]]:
     return pieces
 
 
-def _json_type(value: Any) -> str:
+def template_text(value: Any) -> str:
+    """A column's value as a template writes it.
+
+    Numbers as the file wrote them (JSONL keeps a float's own spelling, so 411.50
+    stays 411.50), booleans as JSON writes them (`true`, `false`), null as nothing
+    (as an empty CSV cell), lists and objects as compact JSON, dates in ISO 8601.
+    """
     if value is None:
-        return "null"
+        return ""
     if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, dict):
-        return "an object"
-    return type(value).__name__
+        return "true" if value else "false"
+    if isinstance(value, list | dict):
+        return _encode_compact(value)
+    if isinstance(value, datetime.date | datetime.time):
+        return value.isoformat()
+    return str(value)
+
+
+_encode_compact = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str).encode

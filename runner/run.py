@@ -31,7 +31,7 @@ from runner.backend import Backend, StreamBackend
 from runner.batch_session import open_batch_backend
 from runner.client import api_headers
 from runner.errors import RunnerError, UsageError
-from runner.inputs import InputReader, count_records, input_fingerprint
+from runner.inputs import InputReader, InvalidRowLog
 from runner.job import Job, Mode
 from runner.lifecycle import check_model
 from runner.limiter import RateLimiter
@@ -150,13 +150,16 @@ def execute(job: Job, options: RunOptions) -> RunOutcome:
     if not api_key:
         raise UsageError("no API key: set ANTHROPIC_API_KEY (runner demo needs none)")
     renderer, reader = open_input(job)
-    prices = PriceTable.load(job.prices, job.price_overrides or None)
-    run_dir = resolve_run_dir(job, options)
-    bind_run(run_dir.name, job.name)
-    check_model(prices, job.request.model, allow_retired=options.allow_retired)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with open_store(run_dir) as store:
-        return _Session(job, options, store, reader, renderer, prices, api_key).run()
+    try:
+        prices = PriceTable.load(job.prices, job.price_overrides or None)
+        run_dir = resolve_run_dir(job, options)
+        bind_run(run_dir.name, job.name)
+        check_model(prices, job.request.model, allow_retired=options.allow_retired)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with open_store(run_dir) as store:
+            return _Session(job, options, store, reader, renderer, prices, api_key).run()
+    finally:
+        reader.close()
 
 
 @dataclass
@@ -176,6 +179,8 @@ class _Session:
 
     def __post_init__(self) -> None:
         self.limiter = RateLimiter(self.job.limits)
+        self.invalid_log = InvalidRowLog(log, self.reader.name)
+        self.earlier_input: dict[str, Any] = {}
 
     @cached_property
     def done(self) -> DoneRows:
@@ -198,7 +203,9 @@ class _Session:
         self.stats.stop_clock()
         summary = summarize(self.store, self.stats, exit_code)
         summary["limiter"] = self.limiter.snapshot()
-        if exit_code in (EXIT_OK, EXIT_SOME_FAILED) and self.options.limit is None:
+        if self.seen.complete:
+            run_info["input"] = self._input_read()
+        if exit_code in (EXIT_OK, EXIT_SOME_FAILED) and self.options.limit is None and key:
             # Every row was seen and has its outcome on disk.
             run_info["settled"] = {"key": key, "rows": summary["rows"]["total"]}
         run_info["ended_at"] = datetime.now(UTC).isoformat()
@@ -218,18 +225,16 @@ class _Session:
         one only while it is the same.
         """
         path = self.store.run_dir / "run.json"
-        fingerprint = input_fingerprint(self.job.input)
-        key = rows_key(self.job, fingerprint["sha256"])
+        # The input is read once, as it is sent: its hash is known only at the end.
+        # Until then a regular file is known by its size and mtime; a stream not at all.
+        identity = self.reader.source.identity()
+        key = rows_key(self.job, json.dumps(identity)) if identity else {}
         earlier = _load_json(path)
+        self.earlier_input = (earlier or {}).get("input") or {}
         settled = (earlier or {}).get("settled")
-        if earlier and earlier.get("input", {}).get("sha256") != fingerprint["sha256"]:
-            log.warning(
-                "input %s changed since this run began (size %s -> %s bytes): rows whose "
-                "request changed are sent again",
-                self.job.input,
-                earlier["input"].get("size"),
-                fingerprint["size"],
-            )
+        fingerprint = {**self.reader.fingerprint(), "identity": identity}
+        if self.earlier_input.get("sha256"):
+            fingerprint = {**self.earlier_input, "identity": identity}
         started_at = datetime.now(UTC).isoformat()
         run_info = {
             "run_id": self.store.run_dir.name,
@@ -241,10 +246,26 @@ class _Session:
             "started_at": started_at,
             "ended_at": None,
             "counts": None,
-            "settled": settled if settled and settled.get("key") == key else None,
+            "settled": settled if key and settled and settled.get("key") == key else None,
         }
         write_json_atomic(path, run_info)
         return run_info, key
+
+    def _input_read(self) -> dict[str, Any]:
+        """run.json's `input` once the whole input was read; warn if it changed meanwhile."""
+        read = {**self.reader.fingerprint(), "identity": self.reader.source.identity()}
+        earlier = self.earlier_input.get("sha256")
+        if read["sha256"] is None:  # the settled shortcut read nothing
+            return {**self.earlier_input, "identity": read["identity"]}
+        if earlier and earlier != read["sha256"]:
+            log.warning(
+                "input %s changed since this run began (size %s -> %s bytes): rows whose "
+                "request changed were sent again",
+                self.reader.name,
+                self.earlier_input.get("size"),
+                read["size"],
+            )
+        return read
 
     def _plan(self, settled: dict[str, Any] | None) -> int | None:
         """Set the progress total and say what a resume skips and sends.
@@ -256,29 +277,9 @@ class _Session:
             exit_code = self._plan_from_results(settled["rows"])
             if exit_code is not None:
                 return exit_code
-        if self.done.empty:
-            self.stats.total_rows = (
-                limit if limit is not None else count_records(self.job.input, self.job.input_format)
-            )
-            return None
-        to_send = skip = invalid = 0
-        for requests, invalid_rows in batches(self.reader, self.renderer, limit, self.done.batch):
-            self.seen.saw(requests, invalid_rows)
-            items, done = self.done.triage(requests)
-            to_send, skip, invalid = to_send + len(items), skip + done, invalid + len(invalid_rows)
-        self.seen.complete = limit is None
-        self.stats.total_rows = to_send + skip + invalid
-        log.info(
-            "resuming run %s: skipping %d rows already ok, sending %d, %d invalid",
-            self.store.run_dir.name,
-            skip,
-            to_send,
-            invalid,
-        )
-        if to_send == 0 and invalid == 0:
-            # Every row is already ok with an unchanged request: no client, no pool.
-            self.stats.skipped = skip
-            return EXIT_OK
+        # The rows are counted as they are read and sent (the input is read once):
+        # the total is known when the input ends, or up front with --limit.
+        self.stats.total_rows = limit
         return None
 
     def _plan_from_results(self, settled_rows: int) -> int | None:
@@ -295,6 +296,7 @@ class _Session:
         ok, invalid = counts[Status.OK.value], counts[Status.INVALID.value]
         if invalid:
             self._report_invalid(results)
+            self.invalid_log.close()
         self.stats.total_rows, self.stats.skipped = ok + invalid, ok
         log.info(
             "resuming run %s: input and request unchanged since it finished; "
@@ -316,7 +318,7 @@ class _Session:
             self._warn_invalid(line, reason)
 
     def _warn_invalid(self, line: int, reason: str) -> None:
-        log.warning("%s:%d: %s", self.reader.path, line, reason)
+        self.invalid_log.warn(line, reason)
 
     async def _drive(self) -> int:
         """The producer, the backend and their helpers, until the queue is drained or a stop."""
@@ -376,6 +378,7 @@ class _Session:
     async def _produce(self, send: anyio.abc.ObjectSendStream[WorkItem]) -> None:
         """Stream the input into the queue: invalid rows to the store, done rows skipped."""
         limit, seen = self.options.limit, self.seen
+        read = skipped = invalid = 0
         async with send:
             for requests, invalid_rows in batches(
                 self.reader, self.renderer, limit, self.done.batch
@@ -396,11 +399,23 @@ class _Session:
                     self.stats.add_result(result)
                 items, done = self.done.triage(requests)
                 self.stats.skipped += done
+                read, skipped = read + len(requests) + len(invalid_rows), skipped + done
+                invalid += len(invalid_rows)
                 for work in items:
                     if self.control.stopping:
                         return
                     await send.send(work)
             seen.complete = limit is None
+            self.stats.total_rows = read
+            self.invalid_log.close()
+            if not self.done.empty:
+                log.info(
+                    "resuming run %s: skipped %d rows already ok, sent %d, %d invalid",
+                    self.store.run_dir.name,
+                    skipped,
+                    read - skipped - invalid,
+                    invalid,
+                )
 
 
 async def _flush_periodically(store: RunStore) -> None:

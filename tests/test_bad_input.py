@@ -100,11 +100,12 @@ def messages_by_id(results: pl.DataFrame, status: str) -> dict[str, str]:
 
 JSONL_LINES: list[tuple[bytes, str | None]] = [
     (b'{"id": "a", "prompt": "hello a"}', None),
-    (b'{"id": "b", "prompt": 5}', "'prompt' must be a string, found a number"),
-    (b'{"id": "c", "prompt": null}', "'prompt' must be a string, found null"),
-    (b'{"id": "d", "prompt": ["x"]}', "'prompt' must be a string, found a list"),
-    (b'{"id": "e", "prompt": {"t": 1}}', "'prompt' must be a string, found an object"),
-    (b'{"id": "t", "prompt": true}', "'prompt' must be a string, found a boolean"),
+    # Any JSON value fills a template; null fills it with nothing.
+    (b'{"id": "b", "prompt": 5.50}', None),
+    (b'{"id": "c", "prompt": null}', "empty prompt"),
+    (b'{"id": "d", "prompt": ["x"]}', None),
+    (b'{"id": "e", "prompt": {"t": 1}}', None),
+    (b'{"id": "t", "prompt": true}', None),
     (b'{"id": "f"}', "missing field 'prompt'"),
     (b"[1, 2]", "expected a JSON object, found array"),
     (
@@ -150,11 +151,7 @@ def test_bad_jsonl_rows_are_invalid_and_the_rest_runs(tmp_path: Path, mock: Mock
     results = results_of(tmp_path / "out" / "rows" / "r1")
     # An id that cannot be read is reported by its line.
     assert messages_by_id(results, "invalid") == {
-        "b": JSONL_LINES[1][1],
         "c": JSONL_LINES[2][1],
-        "d": JSONL_LINES[3][1],
-        "e": JSONL_LINES[4][1],
-        "t": JSONL_LINES[5][1],
         "f": JSONL_LINES[6][1],
         "line:8": JSONL_LINES[7][1],
         "line:9": JSONL_LINES[8][1],
@@ -164,12 +161,14 @@ def test_bad_jsonl_rows_are_invalid_and_the_rest_runs(tmp_path: Path, mock: Mock
     }
     assert set(results.filter(pl.col("status") == "invalid")["attempts"]) == {0}
     ok = results.filter(pl.col("status") == "ok")
-    assert sorted(ok["id"]) == ["a", "z"]
+    assert sorted(ok["id"]) == ["a", "b", "d", "e", "t", "z"]
     # The duplicate never overwrote the first occurrence's result.
     first = ok.filter(pl.col("id") == "a").row(0, named=True)
     assert first["output_text"] == mock.record.final_for_prompt("hello a").text
     # Nothing invalid reached the API; only the good rows did.
-    assert sorted(sent_prompts(mock)) == ["hello a", "last z"]
+    assert sorted(sent_prompts(mock)) == sorted(
+        ['["x"]', "5.50", "hello a", "last z", "true", '{"t":1}']
+    )
 
     # Too large for the API: sent once and recorded as the API's 400, never retried.
     # (The mock refuses it before its record, so our attempts table is the witness.)
@@ -227,7 +226,8 @@ def test_estimate_counts_and_lists_the_same_invalid_rows(tmp_path: Path, mock: M
         figures = json.loads(done.stdout)
         # The same FILE:LINE: reason lines as `runner run` prints, here as data.
         assert figures["invalid"] == EXPECTED[name]
-        assert figures["rows"] == {"to_send": 3, "invalid": len(EXPECTED[name])}
+        to_send = 7 if name == "rows.jsonl" else 3
+        assert figures["rows"] == {"to_send": to_send, "invalid": len(EXPECTED[name])}
     assert sent_prompts(mock) == []  # count_tokens only: no message was sent
 
 
@@ -328,7 +328,8 @@ STOP_CASES: dict[str, tuple[tuple[str, ...], str, list[str], str]] = {
         (),
         "run",
         ["--input", "notes.txt"],
-        "notes.txt: unknown input format; use .csv or .jsonl, or --input-format",
+        "notes.txt: unknown input format; use .csv, .jsonl, .ndjson, .parquet, .pq "
+        "(optionally .gz or .zst), or --input-format",
     ),
     "template column": (
         (),

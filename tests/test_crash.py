@@ -184,7 +184,7 @@ def test_signal_exits_130_and_the_resume_sends_only_the_rest(
         sent_again = mock.record.totals()["requests"] - served_first
     # Only the remainder is sent (rows cancelled in flight may be sent again: at most the pool).
     assert len(rows) - len(ok_first) <= sent_again <= len(rows) - len(ok_first) + CONCURRENCY
-    assert f"skipping {len(ok_first)} rows already ok" in second.stderr
+    assert f"skipped {len(ok_first)} rows already ok" in second.stderr
 
 
 def test_attempts_are_numbered_on_across_sessions(tmp_path: Path) -> None:
@@ -298,7 +298,7 @@ def test_a_finished_run_resumes_from_its_results_alone(tmp_path: Path) -> None:
         # The `error` row is tried again, and only it, after reading the whole input.
         again = run()
         assert again.returncode == 1 and mock.record.totals()["requests"] == 32
-        assert "skipping 30 rows already ok, sending 1" in again.stderr
+        assert "skipped 30 rows already ok, sent 1" in again.stderr
         # Once no row is left to try, the unchanged run is settled from its results.
         write_jsonl(input_path, rows[:30])
         assert run().returncode == 0 and mock.record.totals()["requests"] == 32

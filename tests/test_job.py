@@ -12,7 +12,6 @@ from helpers import prompts, write_jsonl
 from runner.cli import cli
 from runner.errors import JobFileError, UsageError
 from runner.job import load_job_file, resolve_job
-from runner.models import InputFormat
 
 HEAD = 'input = "in.csv"\n[request]\nmodel = "claude-sonnet-5-5"\n'
 
@@ -107,7 +106,10 @@ def test_integer_is_a_valid_number(tmp_path: Path) -> None:
             'base_url = "ftp://x"\n' + HEAD,
             "base_url must start with http:// or https://, not 'ftp://x'",
         ),
-        ('input_format = "xml"\n' + HEAD, "input_format must be csv or jsonl, not 'xml'"),
+        (
+            'input_format = "xml"\n' + HEAD,
+            "input_format must be one of csv, jsonl, parquet, not 'xml'",
+        ),
         (
             HEAD + 'prompt = "{text"\n',
             "prompt template: expected '}' before end of string "
@@ -201,7 +203,7 @@ def test_a_valid_job_resolves_with_flags_winning(tmp_path: Path) -> None:
     job = resolve_job(Path("jobs/job.toml"), {"limits.concurrency": 9, "request.max_tokens": None})
     assert job.name == "nightly"
     assert job.input == Path("jobs/in.jsonl")  # relative to the job file
-    assert job.input_format is InputFormat.JSONL
+    assert job.input_format == "jsonl"
     assert job.limits.concurrency == 9 and job.request.max_tokens == 1024
     assert job.request.stop_sequences == ["END"]
 
