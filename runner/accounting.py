@@ -107,9 +107,14 @@ def account(results: pl.LazyFrame, attempts: pl.LazyFrame) -> dict[str, Any]:
         on="id",
         how="left",
     )
-    retries_by_model = dict(
-        failed.group_by("billed").agg(pl.col("cost_usd").sum()).collect().iter_rows()
-    )
+    # Per model: None where its rows' failed attempts have no price (never $0 for no price).
+    retries_by_model = {
+        model: (cost if priced else None)
+        for model, cost, priced in failed.group_by("billed")
+        .agg(pl.col("cost_usd").sum(), pl.col("cost_usd").is_not_null().sum().alias("priced"))
+        .collect()
+        .iter_rows()
+    }
     rows = {status.value: 0 for status in Status}
     by_model: dict[str, dict[str, Any]] = {}
     for entry in grouped.iter_rows(named=True):
@@ -121,7 +126,7 @@ def account(results: pl.LazyFrame, attempts: pl.LazyFrame) -> dict[str, Any]:
             "tokens": {name: int(entry[name] or 0) for name in TOKEN_FIELDS},
             "cost_usd": round(entry["cost"], _DIGITS) if entry["priced"] else None,
             "unpriced_rows": entry["rows"] - entry["priced"],
-            "retry_cost_usd": round(float(retries_by_model.get(entry["billed"]) or 0.0), _DIGITS),
+            "retry_cost_usd": _retry_cost(retries_by_model, entry["billed"]),
         }
     retries = _retries(failed)
     total = _sum_models(by_model)
@@ -134,6 +139,14 @@ def account(results: pl.LazyFrame, attempts: pl.LazyFrame) -> dict[str, Any]:
         "by_model": by_model,
         "retries": retries,
     }
+
+
+def _retry_cost(by_model: dict[Any, float | None], model: Any) -> float | None:
+    """What a model's failed attempts cost: 0 with none, None when none is priced."""
+    if model not in by_model:
+        return 0.0
+    cost = by_model[model]
+    return None if cost is None else round(cost, _DIGITS)
 
 
 def _sum_models(by_model: dict[str, dict[str, Any]]) -> dict[str, Any]:

@@ -97,7 +97,7 @@ def estimate(job: Job, options: EstimateOptions) -> dict[str, Any]:
         w
         for w in (
             check_model(prices, str(job.request.model), allow_retired=options.allow_retired),
-            stale_prices_warning(prices),
+            stale_prices_warning(prices.builtin_as_of),
         )
         if w
     ]

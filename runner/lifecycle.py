@@ -56,12 +56,14 @@ def check_model(
     return message + instead
 
 
-def stale_prices_warning(prices: PriceTable, on: date | None = None) -> str | None:
+def stale_prices_warning(builtin_as_of: str | None, on: date | None = None) -> str | None:
     """A warning when the built-in table is older than `STALE_AFTER_DAYS`, else None."""
-    age = ((on or today()) - date.fromisoformat(prices.builtin_as_of)).days
+    if not builtin_as_of:
+        return None
+    age = ((on or today()) - date.fromisoformat(builtin_as_of)).days
     if age <= STALE_AFTER_DAYS:
         return None
     return (
-        f"the built-in price table is {age} days old (as of {prices.builtin_as_of}): "
+        f"the built-in price table is {age} days old (as of {builtin_as_of}): "
         "check the pricing page, or give current prices with --prices FILE"
     )

@@ -28,6 +28,7 @@ import polars as pl
 
 from runner.accounting import ACCOUNT_COLUMNS, RunReader, account, cost_text, usd
 from runner.errors import UsageError
+from runner.lifecycle import stale_prices_warning
 from runner.models import Status
 from runner.pricing import describe
 
@@ -96,6 +97,8 @@ def _run_report(reader: RunReader) -> dict[str, Any]:
     }
     report["time"] = _time(report, attempts.select("started_at", "latency_ms", "wait_s"), summary)
     report["errors"] = _errors(results)
+    stale = stale_prices_warning(prices.get("builtin_as_of"))
+    report["warnings"] = [stale] if stale else []
     return report
 
 
@@ -212,6 +215,7 @@ def _format_run(run: dict[str, Any]) -> list[str]:
             ids = ", ".join(error["example_ids"])
             lines.append(f"  {error['rows']:>7,} {error['error_type']}  (e.g. {ids})")
     lines += describe(run["prices"])
+    lines += [f"warning: {warning}" for warning in run.get("warnings", [])]
     return lines
 
 

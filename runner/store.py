@@ -224,7 +224,7 @@ class RunStore:
     def _read_part(self, path: Path, columns: list[str] | None = None) -> pl.DataFrame | None:
         """A results part with its state columns beside it, or None if it is damaged."""
         try:
-            results = pl.read_parquet(path, columns=columns)
+            results = _scan_results([path]).select(columns or list(RESULT_SCHEMA)).collect()
             state = pl.read_parquet(self.state_dir / path.name)
         except Exception as exc:  # polars raises several types for a damaged file
             log.warning("ignoring unreadable part %s: %s; its rows will be sent again", path, exc)
@@ -305,7 +305,7 @@ class RunStore:
         if not (in_order and spans):
             return self.read_results(with_state=with_state, columns=columns).lazy()
         paths = [path for path, _, _ in spans]
-        results = pl.scan_parquet(paths)
+        results = _scan_results(paths)
         if not with_state:
             return results
         state = pl.scan_parquet([self.state_dir / path.name for path in paths])
@@ -397,6 +397,17 @@ class RunStore:
         (self.journal_dir / f"segment-{self._segment:06d}.jsonl").unlink(missing_ok=True)
         self._segment = max(number, self._segment + 1)
         self._open_segment()
+
+
+def _scan_results(paths: list[Path]) -> pl.LazyFrame:
+    """Results parts as one lazy frame of today's columns.
+
+    A part written by an older version lacks the newer columns (served_model, say):
+    they read as null, so its rows are kept, never sent and paid for again.
+    """
+    return pl.scan_parquet(
+        paths, schema=RESULT_SCHEMA, missing_columns="insert", extra_columns="ignore"
+    )
 
 
 def _one_part_per_range(spans: list[tuple[Path, int, int]]) -> bool:

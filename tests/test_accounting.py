@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import polars as pl
 from helpers import prompts, run_rows
 
 from runner.accounting import RunReader, account
@@ -57,3 +58,20 @@ def test_the_live_totals_equal_the_account_on_disk(tmp_path: Path, mock_api) -> 
     live = outcome.stats.totals.figures()
     for key in ("tokens", "cost_usd", "priced_rows", "unpriced_rows", "unpriced_models"):
         assert live[key] == outcome.summary[key], key
+
+
+def test_a_run_written_before_served_model_existed_is_still_read(tmp_path: Path) -> None:
+    run_dir = tmp_path / "reports" / "job" / "old"
+    run_dir.mkdir(parents=True)
+    (run_dir / "run.json").write_text('{"run_id": "old"}')
+    store = RunStore(run_dir)
+    store.open()
+    for i in range(3):
+        result, attempt = _row(i)
+        store.record(result, [attempt])
+    store.close()
+    # Rewrite the part as an older version wrote it: no served_model column.
+    part = next((run_dir / "results").glob("part-*.parquet"))
+    pl.read_parquet(part).drop("served_model").write_parquet(part)
+    assert RunStore(run_dir).read_results()["id"].to_list() == ["r0", "r1", "r2"]
+    assert build_report(run_dir)["rows"]["ok"] == 3

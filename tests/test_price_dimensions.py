@@ -131,8 +131,8 @@ def test_a_model_retiring_soon_is_named_with_its_date_and_replacement(table: Pri
 
 
 def test_a_built_in_table_older_than_90_days_is_named(table: PriceTable) -> None:
-    assert stale_prices_warning(table, on=date(2026, 12, 1)) is None
-    warning = stale_prices_warning(table, on=date(2027, 3, 1))
+    assert stale_prices_warning(table.builtin_as_of, on=date(2026, 12, 1)) is None
+    warning = stale_prices_warning(table.builtin_as_of, on=date(2027, 3, 1))
     assert warning is not None and "92 days old" in warning
 
 
