@@ -42,6 +42,8 @@ class Sample:
     cpu_s: float
     peak_rss_mb: float
     mock_busy: float
+    output_tokens: int = 0
+    events: int = 0  # SSE events read, as counted by the floor reader (bench/floor.py)
 
     @property
     def rps(self) -> float:
@@ -63,9 +65,9 @@ def _pin(core: int | None) -> Any:
 class Mock:
     """The bundled mock API in its own process, on its own core."""
 
-    def __init__(self, core: int | None) -> None:
+    def __init__(self, core: int | None, options: list[str] | None = None) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "runner", "mock-server", "--port", "0"],
+            [sys.executable, "-m", "runner", "mock-server", "--port", "0", *(options or [])],
             stdout=subprocess.PIPE,
             text=True,
             preexec_fn=_pin(core),
@@ -140,7 +142,7 @@ def run_client(
     else:
         command = [
             sys.executable,
-            str(HERE / "sdk_baseline.py"),
+            str(HERE / _SCRIPTS[side]),
             str(input_path),
             mock.url,
             MODEL,
@@ -170,7 +172,13 @@ def run_client(
         figures["cpu_s"],
         figures["peak_rss_mb"],
         mock_busy,
+        got["output_tokens"],
+        got.get("events", 0),
     )
+
+
+# The other sides: the SDK's own pattern, and the floor (a bare asyncio reader).
+_SCRIPTS = {"sdk": "sdk_baseline.py", "floor": "floor.py"}
 
 
 def _runner_totals(out_dir: Path) -> dict[str, int]:

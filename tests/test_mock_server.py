@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -300,3 +301,34 @@ def test_unknown_paths_get_the_api_error_shape(client: httpx.Client) -> None:
     assert response.status_code == 404
     assert response.json()["error"]["type"] == "not_found_error"
     assert response.headers["request-id"].startswith("req_mock_")
+
+
+def test_stats_count_streams_in_flight_and_their_peak() -> None:
+    # Streams of 200 deltas 50 ms apart: both are surely open when the stats are read.
+    config = MockConfig(chunk_delay_ms=50, reply_tokens=(200, 200), tokens_per_delta=1)
+    with serve_in_thread(config) as server:
+        url = server.base_url
+        with httpx.Client(base_url=url, headers=HEADERS) as stats:
+            for _ in range(2):  # the peak of the second round is read after a reset
+                with (
+                    httpx.Client(base_url=url, headers=HEADERS) as a,
+                    httpx.Client(base_url=url, headers=HEADERS) as b,
+                ):
+                    open_streams = []  # kept: a dropped iterator closes its response
+                    for client in (a, b):
+                        request = body(unique("open"), stream=True, max_tokens=300)
+                        response = client.send(
+                            client.build_request("POST", "/v1/messages", json=request), stream=True
+                        )
+                        open_streams.append(response.iter_raw())
+                        next(open_streams[-1])
+                    during = stats.get("/_mock/stats").json()
+                # Closing the clients cuts both connections; the mock then ends both handlers.
+                for _ in range(200):
+                    after = stats.get("/_mock/stats").json()
+                    if after["in_flight"] == 0:
+                        break
+                    time.sleep(0.01)
+                assert (during["in_flight"], during["peak_in_flight"]) == (2, 2)
+                assert (after["in_flight"], after["peak_in_flight"]) == (0, 2)
+                stats.post("/_mock/reset")

@@ -51,6 +51,16 @@ def test_encoded_deltas_decode_back_to_the_text() -> None:
         assert decoded == reply.text
 
 
+def test_reply_shape_follows_length_range_and_tokens_per_delta() -> None:
+    for i in range(20):
+        parsed = parse_messages_request(request(f"long {i}", max_tokens=1000))
+        reply = generate_reply(parsed, reply_tokens=(100, 300), tokens_per_delta=3)
+        assert 100 <= reply.output_tokens <= 300
+        assert {len(chunk) for chunk in reply.chunks[:-1]} == {3}
+        assert 1 <= len(reply.chunks[-1]) <= 3
+        assert sum(map(len, reply.chunks)) == reply.output_tokens
+
+
 def test_count_tokens_request_rejects_max_tokens() -> None:
     with pytest.raises(WireError, match="max_tokens: Extra inputs are not permitted"):
         parse_count_tokens_request(request())
@@ -111,7 +121,13 @@ def test_markers_parse_and_apply_in_order() -> None:
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"faults": {"teapot": 0.1}}, {"faults": {"500": 0.7, "529": 0.7}}, {"rpm": 0}],
+    [
+        {"faults": {"teapot": 0.1}},
+        {"faults": {"500": 0.7, "529": 0.7}},
+        {"rpm": 0},
+        {"reply_tokens": (300, 100)},
+        {"tokens_per_delta": -1},
+    ],
 )
 def test_config_rejects_nonsense(kwargs: dict[str, object]) -> None:
     with pytest.raises(ValueError):
@@ -134,6 +150,8 @@ def test_help_explains_every_option_with_its_default() -> None:
         "--itpm",
         "--otpm",
         "--no-ratelimit-headers",
+        "--reply-tokens",
+        "--tokens-per-delta",
     ):
         assert option in result.output
     assert result.output.count("[default:") >= 12

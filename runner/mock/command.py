@@ -171,6 +171,22 @@ def _parse_fault(
     "marker), request id, status, outcome, usage reported and tokens generated, start and "
     "end time.  [default: none]",
 )
+@click.option(
+    "--reply-tokens",
+    type=click.IntRange(min=1),
+    nargs=2,
+    default=MockConfig.reply_tokens,
+    show_default=True,
+    metavar="MIN MAX",
+    help="Output tokens of each reply, drawn between MIN and MAX (before max_tokens cuts it).",
+)
+@click.option(
+    "--tokens-per-delta",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Tokens in each text delta; 0 draws one to four per delta.",
+)
 def mock_server(
     host: str,
     port: int,
@@ -192,6 +208,8 @@ def mock_server(
     batch_expired: float,
     max_batch_bytes: int,
     record_path: Path | None,
+    reply_tokens: tuple[int, int],
+    tokens_per_delta: int,
 ) -> None:
     """Serve the bundled mock Anthropic Messages API (POST /v1/messages,
     /v1/messages/count_tokens and the Message Batches endpoints) with deterministic
@@ -216,6 +234,8 @@ def mock_server(
             batch_errored=batch_errored,
             batch_expired=batch_expired,
             max_batch_bytes=max_batch_bytes,
+            reply_tokens=reply_tokens,
+            tokens_per_delta=tokens_per_delta,
         )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None

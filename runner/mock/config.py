@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from runner.mock.replies import MAX_REPLY_TOKENS, MIN_REPLY_TOKENS
+
 # Every fault the mock can inject; see faults.py for what each one does on the wire.
 FAULT_KINDS: tuple[str, ...] = (
     "429",
@@ -35,6 +37,10 @@ class MockConfig:
 
     latency_ms: float = 0.0
     chunk_delay_ms: float = 0.0
+    # Output tokens of a reply, drawn between these two (inclusive), before max_tokens cuts it.
+    reply_tokens: tuple[int, int] = (MIN_REPLY_TOKENS, MAX_REPLY_TOKENS)
+    # Tokens in each text delta; 0 draws one to four per delta.
+    tokens_per_delta: int = 0
     # Write streams in pieces of this many bytes (0: whole), so clients meet split UTF-8.
     fragment_bytes: int = 0
     api_key: str | None = None
@@ -75,5 +81,10 @@ class MockConfig:
             raise ValueError("batch errored and expired rates must sum to at most 1")
         if min(self.batch_errored, self.batch_expired, self.batch_processing_s) < 0:
             raise ValueError("batch rates and processing time must not be negative")
+        low, high = self.reply_tokens
+        if not 1 <= low <= high:
+            raise ValueError("reply tokens must be 1 <= MIN <= MAX")
+        if self.tokens_per_delta < 0:
+            raise ValueError("tokens per delta must not be negative")
         if self.latency_ms < 0 or self.chunk_delay_ms < 0 or self.stall_s < 0:
             raise ValueError("delays must not be negative")

@@ -14,7 +14,7 @@ from runner.mock.wire import ParsedRequest
 
 MIN_REPLY_TOKENS = 5
 MAX_REPLY_TOKENS = 120
-# A text delta carries between one and this many tokens, as the real API's do.
+# By default a text delta carries between one and this many tokens, as the real API's do.
 MAX_TOKENS_PER_DELTA = 4
 
 # Each entry is one output token.
@@ -73,13 +73,24 @@ class Reply:
         return "".join(token for chunk in self.chunks for token in chunk)
 
 
-def generate_reply(request: ParsedRequest) -> Reply:
-    """The reply to `request`: length, words and delta sizes all drawn from its seed."""
+def generate_reply(
+    request: ParsedRequest,
+    reply_tokens: tuple[int, int] = (MIN_REPLY_TOKENS, MAX_REPLY_TOKENS),
+    tokens_per_delta: int = 0,
+) -> Reply:
+    """The reply to `request`: length, words and delta sizes all drawn from its seed.
+
+    The length is drawn from `reply_tokens` (inclusive); `tokens_per_delta` fixes the
+    tokens of each text delta (0: one to MAX_TOKENS_PER_DELTA at random).
+    """
     rng = random.Random(request.reply_seed)
-    length = rng.randint(MIN_REPLY_TOKENS, MAX_REPLY_TOKENS)
+    length = rng.randint(*reply_tokens)
     # One random byte per draw: cheap, and the small modulo bias does not matter here.
     tokens = [WORDS[b % len(WORDS)] for b in rng.randbytes(length)]
-    sizes = [1 + b % MAX_TOKENS_PER_DELTA for b in rng.randbytes(length)]
+    if tokens_per_delta:
+        sizes = [tokens_per_delta] * length
+    else:
+        sizes = [1 + b % MAX_TOKENS_PER_DELTA for b in rng.randbytes(length)]
     tokens[0] = tokens[0].lstrip(" ") or tokens[0]
     stop_reason = "end_turn"
     if length > request.max_tokens:

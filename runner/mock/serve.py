@@ -16,6 +16,10 @@ from runner.mock.server import create_app
 
 # Handlers still running at shutdown (a stalled stream) are cancelled after this long.
 SHUTDOWN_TIMEOUT_S = 0.25
+# Connections waiting to be accepted: aiohttp's default of 128 drops the SYNs of a client
+# opening hundreds at once, which then waits a second for its retry (the kernel caps it
+# at net.core.somaxconn).
+LISTEN_BACKLOG = 4096
 # How long serve_in_thread waits for the server to bind, and then to stop.
 THREAD_TIMEOUT_S = 10.0
 
@@ -32,7 +36,7 @@ async def start_server(
         access_log=None,
     )
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
+    site = web.TCPSite(runner, host, port, backlog=LISTEN_BACKLOG)
     await site.start()
     bound_host, bound_port = runner.addresses[0][:2]
     if ":" in bound_host:

@@ -42,6 +42,9 @@ class MockState:
     record: MockRecord
     cache: PromptCache = field(default_factory=PromptCache)
     seen: dict[str, int] = field(default_factory=dict)  # attempts so far, by request key
+    # Messages requests being answered now, and the most at once, for the benchmarks.
+    in_flight: int = 0
+    peak_in_flight: int = 0
     limiter: RateLimiter = field(init=False)
     batches: BatchBook = field(init=False)
 
@@ -56,6 +59,7 @@ class MockState:
         self.limiter.reset()
         self.record.clear()
         self.batches.clear()
+        self.peak_in_flight = self.in_flight
 
 
 STATE = web.AppKey("mock_state", MockState)
@@ -109,6 +113,8 @@ async def _messages(request: web.Request) -> web.StreamResponse:
         stream=parsed.stream,
     )
     state.record.add(attempt)
+    state.in_flight += 1
+    state.peak_in_flight = max(state.peak_in_flight, state.in_flight)
     answer: Answer | None = None
     try:
         if config.latency_ms:
@@ -131,6 +137,7 @@ async def _messages(request: web.Request) -> web.StreamResponse:
         send = send_stream if parsed.stream else send_message
         return await send(request, headers, config, answer)
     finally:
+        state.in_flight -= 1
         if answer is not None:
             state.limiter.charge_output(answer.output_tokens)
             _settled(state, attempt, answer)
@@ -150,7 +157,7 @@ def _admit(state: MockState, parsed: ParsedRequest, request_id: str) -> Answer |
             refusal.message,
             {"retry-after": str(refusal.retry_after)},
         )
-    reply = generate_reply(parsed)
+    reply = generate_reply(parsed, state.config.reply_tokens, state.config.tokens_per_delta)
     usage = state.cache.use(parsed)
     model = state.config.serve_model or parsed.model
     return Answer(request_id, model, reply, usage.as_usage(reply.output_tokens))
@@ -320,7 +327,8 @@ def _origin(request: web.Request) -> str:
 
 async def _stats(request: web.Request) -> web.Response:
     state = request.app[STATE]
-    return _json(state.record.totals())
+    in_flight = {"in_flight": state.in_flight, "peak_in_flight": state.peak_in_flight}
+    return _json(state.record.totals() | in_flight)
 
 
 async def _reset(request: web.Request) -> web.Response:
