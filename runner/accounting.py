@@ -149,6 +149,55 @@ def _retry_cost(by_model: dict[Any, float | None], model: Any) -> float | None:
     return None if cost is None else round(cost, _DIGITS)
 
 
+def batch_account(
+    results: pl.LazyFrame, attempts: pl.LazyFrame, batch_multiplier: float | None
+) -> dict[str, Any] | None:
+    """What Message Batches items cost and saved; None when the run sent none.
+
+    Only `succeeded` items are billed; `standard_cost_usd` is what their rows would have
+    cost streamed (the batch discount applies to token prices: cost / multiplier).
+    """
+    items = attempts.filter(pl.col("custom_id").is_not_null())
+    counts = items.select(
+        pl.len().alias("items"), (pl.col("outcome") == "ok").sum().alias("billed")
+    ).collect()
+    if not counts["items"][0]:
+        return None
+    billed_ids = items.filter(pl.col("outcome") == "ok").select("id").unique()
+    rows = (
+        results.filter(pl.col("status") == Status.OK.value)
+        .join(billed_ids, on="id", how="semi")
+        .select(
+            pl.len().alias("rows"),
+            pl.col("cost_usd").sum().alias("cost"),
+            pl.col("cost_usd").is_not_null().sum().alias("priced"),
+        )
+        .collect()
+        .row(0, named=True)
+    )
+    cost = round(float(rows["cost"] or 0.0), _DIGITS) if rows["priced"] else None
+    standard = None
+    if cost is not None and batch_multiplier:
+        standard = round(cost / batch_multiplier, _DIGITS)
+    return {
+        "items": int(counts["items"][0]),
+        "billed_items": int(counts["billed"][0]),
+        "rows": int(rows["rows"]),
+        "cost_usd": cost,
+        "standard_cost_usd": standard,
+        "saved_usd": round(standard - cost, _DIGITS) if standard is not None else None,
+    }
+
+
+def batch_text(batch: dict[str, Any]) -> str:
+    """One line: what the batch items cost, and what they saved against streaming."""
+    return (
+        f"batch: {batch['items']:,} items, {batch['billed_items']:,} billed "
+        f"(succeeded), {batch['rows']:,} rows at {usd(batch['cost_usd'])}; streamed they "
+        f"would cost {usd(batch['standard_cost_usd'])}: saved {usd(batch['saved_usd'])}"
+    )
+
+
 def _sum_models(by_model: dict[str, dict[str, Any]]) -> dict[str, Any]:
     priced = [m for m in by_model.values() if m["cost_usd"] is not None]
     unpriced = sorted(name for name, m in by_model.items() if m["unpriced_rows"])

@@ -12,7 +12,7 @@ https://docs.anthropic.com/en/api/retrieving-message-batch-results: each line is
   `expired`: sent again in a later batch, until the row has had `max_attempts` items;
 - `canceled`: `error` with error_type `canceled` (a resume sends it again).
 
-Only `succeeded` items are billed: the others carry no usage and no cost.
+Only `succeeded` items are billed: the others carry no usage and a cost of $0.
 """
 
 from __future__ import annotations
@@ -153,7 +153,7 @@ class ItemSettler:
         error_type: str | None,
         message: str | None,
         usage: Usage | None = None,
-        cost: float | None = None,
+        cost: float = 0.0,
     ) -> Attempt:
         return Attempt(
             row_id=item.row_id,

@@ -299,6 +299,7 @@ def _figures(
             "expected_per_row": None if per_row is None else round(per_row, 3),
             "learned_from": learned,
         },
+        "mode": str(job.mode),
         "cost_usd": priced(prices.cost),
         "batch_cost_usd": priced(prices.batch_cost),
         "prices": {
@@ -364,14 +365,31 @@ def format_estimate(figures: dict[str, Any]) -> str:
     lines.append(f"output tokens: expected {expected}{source}, max {out['max']:,}")
     # A missing figure means no price when even the maximum has none, else an unknown output.
     unknown = "n/a (no price for the model)" if figures["cost_usd"]["max"] is None else "unknown"
-    for label, key in (("cost", "cost_usd"), ("batch cost", "batch_cost_usd")):
+    batch = figures.get("mode") == "batch"
+    costs = [("cost", "cost_usd"), ("batch cost", "batch_cost_usd")]
+    if batch:
+        costs = [("cost (batch mode)", "batch_cost_usd"), ("streamed it would cost", "cost_usd")]
+    for label, key in costs:
         c = figures[key]
         lines.append(
             f"{label}: expected {_usd(c['expected'], unknown)}, min {_usd(c['min'], unknown)}, "
             f"max {_usd(c['max'], unknown)}"
         )
+    if batch:
+        full, half = figures["cost_usd"], figures["batch_cost_usd"]
+        saved = {
+            k: None if full[k] is None or half[k] is None else full[k] - half[k]
+            for k in ("expected", "min", "max")
+        }
+        lines.append(
+            f"batch saves: expected {_usd(saved['expected'], unknown)}, "
+            f"min {_usd(saved['min'], unknown)}, max {_usd(saved['max'], unknown)}"
+        )
     wall = figures["wall_time"]
-    if wall["binding"] is None:
+    if batch:
+        # https://docs.anthropic.com/en/docs/build-with-claude/batch-processing
+        lines.append("wall time: up to 24 hours (a batch not done by then expires)")
+    elif wall["binding"] is None:
         lines.append("wall time: unknown (no rate limits set and no latency measured)")
     else:
         lines.append(f"wall time: {wall['expected_s']:,.1f}s, bound by {wall['binding']}")

@@ -24,7 +24,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from runner.accounting import cost_text, usd
+from runner.accounting import batch_text, cost_text, usd
 from runner.logs import emit
 from runner.stats import RunStats
 
@@ -296,6 +296,8 @@ def summary_fields(outcome: Any) -> dict[str, Any]:
         "rows_skipped": stats.skipped,
         "report": str(outcome.run_dir),
     }
+    if summary.get("batch"):
+        fields["batch"] = summary["batch"]
     if outcome.message:
         fields["message"] = outcome.message
     if outcome.exit_code in _NEXT_STEP:
@@ -317,6 +319,7 @@ def summary_lines(outcome: Any) -> list[str]:
         f"{tokens['cache_creation_input_tokens']:,} cache write, "
         f"{tokens['cache_read_input_tokens']:,} cache read",
         f"cost: {f['cost']} (retries: {usd(f['retry_cost_usd'])})",
+        *([batch_text(f["batch"])] if f.get("batch") else []),
         f"wall time: {wall:.1f} s ({rate:.1f} rows/s)",
         f"report: {f['report']}",
     ]

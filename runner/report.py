@@ -26,7 +26,15 @@ from typing import Any
 
 import polars as pl
 
-from runner.accounting import ACCOUNT_COLUMNS, RunReader, account, cost_text, usd
+from runner.accounting import (
+    ACCOUNT_COLUMNS,
+    RunReader,
+    account,
+    batch_account,
+    batch_text,
+    cost_text,
+    usd,
+)
 from runner.errors import UsageError
 from runner.lifecycle import stale_prices_warning
 from runner.models import Status
@@ -95,6 +103,9 @@ def _run_report(reader: RunReader) -> dict[str, Any]:
         "latency_ms": percentiles(timing["latency_ms"]),
         "ttft_ms": percentiles(timing["ttft_ms"]),
     }
+    batch = batch_account(results, attempts, prices.get("batch_multiplier"))
+    if batch is not None:
+        report["batch"] = batch
     report["time"] = _time(report, attempts.select("started_at", "latency_ms", "wait_s"), summary)
     report["errors"] = _errors(results)
     stale = stale_prices_warning(prices.get("builtin_as_of"))
@@ -247,6 +258,8 @@ def _format_account(account_: dict[str, Any]) -> list[str]:
         )
     )
     lines.append(f"spend (rows + retries): {usd(account_['spend_usd'])}")
+    if account_.get("batch"):
+        lines.append(batch_text(account_["batch"]))
     return lines
 
 

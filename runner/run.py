@@ -201,7 +201,7 @@ class _Session:
         else:
             self.store.flush()
         self.stats.stop_clock()
-        summary = summarize(self.store, self.stats, exit_code)
+        summary = summarize(self.store, self.stats, exit_code, self.prices.batch_multiplier)
         summary["limiter"] = self.limiter.snapshot()
         if self.seen.complete:
             run_info["input"] = self._input_read()

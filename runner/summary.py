@@ -6,7 +6,7 @@ from typing import Any
 
 import polars as pl
 
-from runner.accounting import RunReader, account
+from runner.accounting import RunReader, account, batch_account
 from runner.models import Status
 from runner.stats import RunStats
 from runner.store import RunStore
@@ -21,13 +21,18 @@ def status_counts(results: pl.LazyFrame) -> dict[str, int]:
     return by_status
 
 
-def summarize(store: RunStore, stats: RunStats, exit_code: int) -> dict[str, Any]:
+def summarize(
+    store: RunStore, stats: RunStats, exit_code: int, batch_multiplier: float | None = None
+) -> dict[str, Any]:
     """summary.json: the whole run id's totals from disk, plus this session's figures."""
     reader = RunReader(store.run_dir)
-    figures = account(reader.results(), reader.attempts())
+    results, attempts = reader.results(), reader.attempts()
+    figures = account(results, attempts)
+    batch = batch_account(results, attempts, batch_multiplier)
     return {
         "exit_code": exit_code,
         **figures,
+        **({"batch": batch} if batch is not None else {}),
         "this_session": {
             "rows_done": stats.done,
             "rows_skipped": stats.skipped,

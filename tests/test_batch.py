@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -105,10 +107,13 @@ def test_errored_and_expired_items_go_again_until_max_attempts(tmp_path: Path) -
     assert set(results["status"]) <= {"ok", "error"}
     assert outcome.exit_code == (1 if "error" in set(results["status"]) else 0)
     # Only succeeded items are billed.
-    assert (
-        attempts.filter(pl.col("outcome") != "ok")["cost_usd"].null_count()
-        == attempts.filter(pl.col("outcome") != "ok").height
-    )
+    assert set(attempts.filter(pl.col("outcome") != "ok")["cost_usd"]) <= {0.0}
+    summary = json.loads((outcome.run_dir / "summary.json").read_text())
+    batch = summary["batch"]
+    assert batch["items"] == attempts.height
+    assert batch["billed_items"] == attempts.filter(pl.col("outcome") == "ok").height
+    assert batch["saved_usd"] == pytest.approx(batch["cost_usd"])  # half price
+    assert summary["retries"]["cost_usd"] == 0.0
 
 
 def test_invalid_request_is_an_error_sent_once_and_auth_stops_the_run(tmp_path: Path) -> None:
@@ -175,3 +180,24 @@ def test_cancel_ends_the_running_batches_and_records_what_ended(
     results = results_of(outcome.run_dir)
     assert set(results["error_type"]) == {"canceled"}
     assert set(attempts_of(outcome.run_dir)["outcome"]) == {"canceled"}
+
+
+def test_demo_in_batch_mode_shows_what_batch_saved(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "runner", "demo", "--mode", "batch", "--output-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "batches: 1 submitted" in done.stderr
+    assert "saved $" in done.stdout
+    run_dir = next((tmp_path / "demo").iterdir())
+    report = subprocess.run(
+        [sys.executable, "-m", "runner", "report", str(run_dir)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert "streamed they would cost" in report.stdout
