@@ -22,7 +22,6 @@ This module does no I/O: the routes in server.py call it.
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import re
@@ -38,7 +37,7 @@ from runner.mock.encode import dumps, error_object, message_object
 from runner.mock.faults import parse_markers, pick_fault
 from runner.mock.record import MockRecord, ServedAttempt
 from runner.mock.replies import generate_reply
-from runner.mock.wire import WireError, parse_messages_request
+from runner.mock.wire import WireError, load_object, parse_messages_request, reject_extra
 
 RESULT_TYPES = ("succeeded", "errored", "canceled", "expired")
 CUSTOM_ID = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
@@ -305,15 +304,8 @@ def _errored(error_type: str, message: str, request_id: str) -> dict[str, Any]:
 
 def _parse_create(body: bytes, max_requests: int) -> list[tuple[str, Any]]:
     """The (custom_id, params) pairs of a create body; a malformed body is a 400."""
-    try:
-        data = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise WireError(f"There was an issue with your request body: invalid JSON ({exc})") from exc
-    if not isinstance(data, dict):
-        raise WireError("The request body must be a JSON object")
-    extra = sorted(set(data) - {"requests"})
-    if extra:
-        raise WireError(f"{extra[0]}: Extra inputs are not permitted")
+    data = load_object(body)
+    reject_extra(data, frozenset({"requests"}))
     requests = data.get("requests")
     if "requests" not in data:
         raise WireError("requests: Field required")

@@ -94,8 +94,8 @@ def text_tokens(text: str) -> int:
 
 def parse_messages_request(body: bytes) -> ParsedRequest:
     """Validate a `POST /v1/messages` body."""
-    data = _load(body)
-    _reject_extra(data, _MESSAGES_FIELDS)
+    data = load_object(body)
+    reject_extra(data, _MESSAGES_FIELDS)
     max_tokens = data.get("max_tokens")
     if "max_tokens" not in data:
         raise WireError("max_tokens: Field required")
@@ -124,8 +124,8 @@ def parse_messages_request(body: bytes) -> ParsedRequest:
 
 def parse_count_tokens_request(body: bytes) -> ParsedRequest:
     """Validate a `POST /v1/messages/count_tokens` body (no max_tokens, no sampling)."""
-    data = _load(body)
-    _reject_extra(data, _COUNT_TOKENS_FIELDS)
+    data = load_object(body)
+    reject_extra(data, _COUNT_TOKENS_FIELDS)
     return _parse_prompt(data, 0, False, ())
 
 
@@ -235,7 +235,8 @@ def _cache_ttl(control: Any, path: str) -> str | None:
     return ttl
 
 
-def _load(body: bytes) -> dict[str, Any]:
+def load_object(body: bytes) -> dict[str, Any]:
+    """A request body that must be a JSON object; anything else is the API's 400."""
     try:
         data = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -245,7 +246,8 @@ def _load(body: bytes) -> dict[str, Any]:
     return data
 
 
-def _reject_extra(data: dict[str, Any], allowed: frozenset[str]) -> None:
+def reject_extra(data: dict[str, Any], allowed: frozenset[str]) -> None:
+    """Refuse a field the endpoint does not take, as the API does."""
     extra = sorted(set(data) - allowed)
     if extra:
         raise WireError(f"{extra[0]}: Extra inputs are not permitted")
