@@ -119,6 +119,14 @@ def _run_options(func: Any) -> Any:
         ),
         click.option("--limit", type=int, help="Only the first N input rows. Default: all."),
         click.option(
+            "--max-cost",
+            type=float,
+            metavar="USD",
+            help="Stop sending before the spend (this run id, retries included) plus the worst "
+            "case in flight could pass USD; exit 5, resumable with a higher cap. "
+            "Default: the job's [limits] max_cost_usd, else no cap.",
+        ),
+        click.option(
             "--mode",
             type=click.Choice([m.value for m in Mode]),
             help="stream: each request on its own; batch: Message Batches at half the price, "
@@ -163,6 +171,7 @@ SETTING_FLAGS = {
     "limits.requests_per_minute": "rpm",
     "limits.input_tokens_per_minute": "itpm",
     "limits.output_tokens_per_minute": "otpm",
+    "limits.max_cost_usd": "max_cost",
     "retry.max_attempts": "max_attempts",
     "retry.idle_timeout": "idle_timeout",
     "retry.grace_period": "grace_period",
@@ -215,7 +224,8 @@ def run(**kwargs: Any) -> None:
     """Run a job: stream every row's completion and write the Parquet report.
 
     Exit codes: 0 every row ok, 1 some rows error/invalid, 2 bad usage, job or
-    input file, 3 stopped by a fatal API answer (401/403/spend cap), 130 interrupted
+    input file, 3 stopped by a fatal API answer (401/403/spend cap), 5 stopped at the
+    --max-cost budget (resumable with a higher cap), 130 interrupted
     (resumable with the command it prints).
     """
     setup_logging(kwargs["quiet"], kwargs["log_format"])

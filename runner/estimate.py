@@ -118,7 +118,14 @@ def estimate(job: Job, options: EstimateOptions) -> dict[str, Any]:
     counted = anyio.run(_count_all, job, renderer, reader, options, api_key or "")
     if counted.failure is not None:
         raise counted.failure
-    return {**_figures(job, options, prices, counted, learned), "warnings": warnings}
+    figures = _figures(job, options, prices, counted, learned)
+    cap, high = job.limits.max_cost_usd, figures["cost_usd"]["max"]
+    if cap is not None and high is not None and high > cap:
+        warnings.append(
+            f"the maximum cost ${high:,.4f} passes the --max-cost cap ${cap:,.2f}: "
+            "the run may stop at the cap (exit 5) before every row is sent"
+        )
+    return {**figures, "warnings": warnings}
 
 
 def _learn(run_dir: Path, source: str) -> dict[str, Any] | None:

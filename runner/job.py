@@ -51,6 +51,8 @@ class Limits:
     requests_per_minute: int | None = None
     input_tokens_per_minute: int | None = None
     output_tokens_per_minute: int | None = None
+    # Stop dispatching before spend plus the worst case in flight passes this (exit 5).
+    max_cost_usd: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,6 +282,7 @@ _FLAG_NAMES = {
     "limits.requests_per_minute": "--rpm",
     "limits.input_tokens_per_minute": "--itpm",
     "limits.output_tokens_per_minute": "--otpm",
+    "limits.max_cost_usd": "--max-cost",
     "batch.size": "--batch-size",
 }
 
@@ -416,6 +419,10 @@ def _check_values(job: Job, origin: _Origins) -> None:
         ("request.prompt_column", not req.prompt_column, "must name a column"),
         ("base_url", not job.base_url.startswith(("http://", "https://")), _BASE_URL_RULE),
     ]
+    cap = lim.max_cost_usd
+    problems.append(
+        ("limits.max_cost_usd", cap is not None and not 0 < cap < math.inf, "must be above 0")
+    )
     for name in ("requests_per_minute", "input_tokens_per_minute", "output_tokens_per_minute"):
         value = getattr(lim, name)
         problems.append((f"limits.{name}", value is not None and value < 1, "must be at least 1"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import random
 import time
 from collections.abc import Callable
@@ -20,6 +21,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
+from runner.budget import Budget
 from runner.client import Completion, stream_message
 from runner.errors import ApiError, FatalApiError, HttpRetryableError, RetryableError
 from runner.limiter import RateLimiter
@@ -101,6 +103,7 @@ class WorkerPool:
         max_attempts: int,
         max_retry_after: float,
         fatal_grace: float,
+        budget: Budget | None = None,
     ) -> None:
         self.http = http
         self.url = httpx.URL(url)
@@ -113,6 +116,7 @@ class WorkerPool:
         self.max_attempts = max_attempts
         self.max_retry_after = max_retry_after
         self.fatal_grace = fatal_grace
+        self.budget = budget
 
     async def worker(self, queue: ObjectReceiveStream[WorkItem]) -> None:
         """Take rows from the queue until it closes or the run stops."""
@@ -120,7 +124,18 @@ class WorkerPool:
             async for item in queue:
                 if self.control.stopping:
                     return
-                await self.process(item)
+                if self.budget is None:
+                    await self.process(item)
+                    continue
+                reservation = self.budget.admit(item.request)
+                if reservation is None:
+                    # The cap is near: send nothing new, let what is in flight finish.
+                    self.control.stop(math.inf)
+                    return
+                try:
+                    await self.process(item)
+                finally:
+                    self.budget.release(reservation)
 
     async def process(self, item: WorkItem) -> None:
         """Send one row until it succeeds, fails for good, or the run stops."""

@@ -160,6 +160,10 @@ class PriceTable:
         name = self.resolve(model)
         return self._layers.lifecycle.get(name or model, Lifecycle())
 
+    def multipliers(self) -> list[float]:
+        """Every regional multiplier the table knows (for a worst case)."""
+        return [entry["multiplier"] for entry in self._layers.geo.values()]
+
     def cost(self, model: str, usage: Usage) -> float | None:
         """USD for one usage at standard rates; None (and one warning) when it cannot be priced."""
         return self._cost(model, usage, 1.0)

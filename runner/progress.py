@@ -38,6 +38,7 @@ DEFAULT_PLAIN_INTERVAL_S = 30.0
 _NEXT_STEP = {
     1: "some rows failed; once the cause is fixed, send them again with",
     3: "the API refused the run; fix the key or the account, then resume with",
+    5: "the --max-cost budget is reached; resume with a higher --max-cost",
     130: "interrupted; rows already ok are kept, resume with",
 }
 
@@ -78,6 +79,8 @@ class Figures:
     output_tokens_per_s: float
     cost: dict[str, Any]
     projected_cost_usd: float | None
+    # " · $X spent of the $Y cap" under --max-cost (this run id's spend), else "".
+    budget: str
     eta_s: float | None
     in_flight: int
     concurrency: int | None
@@ -127,12 +130,19 @@ def figures(stats: RunStats, snapshot: dict[str, Any], first: Sample, last: Samp
         output_tokens_per_s=rate(first.output_tokens, last.output_tokens),
         cost=stats.totals.figures(),
         projected_cost_usd=projected,
+        budget=_budget(stats.budget),
         eta_s=eta,
         in_flight=int(snapshot.get("in_flight", stats.in_flight) or 0),
         concurrency=int(concurrency) if isinstance(concurrency, int | float) else None,
         waiting_on=_waiting_on(snapshot),
         elapsed_s=stats.elapsed,
     )
+
+
+def _budget(budget: Any) -> str:
+    if budget is None:
+        return ""
+    return f" · ${budget.spent:,.4f} spent of the ${budget.cap:,.2f} cap"
 
 
 def _duration(seconds: float | None) -> str:
@@ -158,7 +168,7 @@ def _parts(f: Figures) -> list[str]:
         f"ok {f.ok:,} · error {f.error:,} · invalid {f.invalid:,}",
         f"{f.requests_per_s:.1f} req/s · in {f.input_tokens_per_s:,.0f} tok/s · "
         f"out {f.output_tokens_per_s:,.0f} tok/s",
-        f"{cost_text(f.cost)}{projected}",
+        f"{cost_text(f.cost)}{projected}{f.budget}",
         f"in flight {f.in_flight}{limit} · waiting on {f.waiting_on}",
     ]
 

@@ -29,6 +29,7 @@ import polars as pl
 from runner import __version__
 from runner.backend import Backend, StreamBackend
 from runner.batch_session import open_batch_backend
+from runner.budget import check_budget, open_budget
 from runner.client import api_headers
 from runner.errors import RunnerError, UsageError
 from runner.inputs import InputReader, InvalidRowLog
@@ -50,6 +51,7 @@ from runner.transport import new_http_client
 log = logging.getLogger("runner")
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_FATAL, EXIT_INTERRUPTED = 0, 1, 3, 130
+EXIT_BUDGET = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +157,7 @@ def execute(job: Job, options: RunOptions) -> RunOutcome:
         run_dir = resolve_run_dir(job, options)
         bind_run(run_dir.name, job.name)
         check_model(prices, job.request.model, allow_retired=options.allow_retired)
+        check_budget(job, prices)
         run_dir.mkdir(parents=True, exist_ok=True)
         with open_store(run_dir) as store:
             return _Session(job, options, store, reader, renderer, prices, api_key).run()
@@ -179,6 +182,7 @@ class _Session:
 
     def __post_init__(self) -> None:
         self.limiter = RateLimiter(self.job.limits)
+        self.budget = open_budget(self.job, self.prices, self.store, self.stats)
         self.invalid_log = InvalidRowLog(log, self.reader.name)
         self.earlier_input: dict[str, Any] = {}
 
@@ -213,9 +217,12 @@ class _Session:
         write_json_atomic(run_dir / "run.json", run_info)
         write_json_atomic(run_dir / "summary.json", summary)
         fatal = self.control.fatal
-        if exit_code in (EXIT_SOME_FAILED, EXIT_FATAL, EXIT_INTERRUPTED):
+        if exit_code in (EXIT_SOME_FAILED, EXIT_FATAL, EXIT_INTERRUPTED, EXIT_BUDGET):
             summary["resume_command"] = resume_command(self.options.argv, run_dir.name)
         message = f"stopped: {fatal.message}" if fatal is not None else None
+        if exit_code == EXIT_BUDGET and self.budget is not None:
+            message = self.budget.message()
+            summary["budget"] = {"max_cost_usd": self.budget.cap, "spent_usd": self.budget.spent}
         return RunOutcome(exit_code, run_dir, summary, message, self.stats)
 
     def _start_run_json(self) -> tuple[dict[str, Any], dict[str, str]]:
@@ -341,6 +348,8 @@ class _Session:
             outer.cancel_scope.cancel()
         if control.fatal is not None:
             return EXIT_FATAL
+        if self.budget is not None and self.budget.reached:
+            return EXIT_BUDGET
         if control.stopping:
             return EXIT_INTERRUPTED
         statuses = self.stats.statuses
@@ -371,6 +380,7 @@ class _Session:
                     max_attempts=job.retry.max_attempts,
                     max_retry_after=job.retry.max_retry_after,
                     fatal_grace=min(job.retry.grace_period, 3.0),
+                    budget=self.budget,
                 ),
                 job.limits.concurrency,
             )

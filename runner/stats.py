@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
 from runner.accounting import LiveTotals
 from runner.models import Attempt, RowResult, Status
@@ -23,6 +24,8 @@ class RunStats:
     # Tokens and cost of ok rows, kept as the accounting module keeps them.
     totals: LiveTotals = field(default_factory=LiveTotals)
     retry_cost_usd: float = 0.0
+    # The run's --max-cost budget (runner.budget.Budget), shown by the display; None without one.
+    budget: Any = None
     in_flight: int = 0
     started: float = field(default_factory=time.monotonic)
     ended: float | None = None
