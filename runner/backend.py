@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from anyio.abc import ObjectReceiveStream, TaskGroup
+from anyio.abc import TaskGroup
+from anyio.streams.memory import MemoryObjectReceiveStream
 
 from runner.pool import WorkerPool, WorkItem
 
@@ -22,7 +23,7 @@ class Backend(Protocol):
         """Settle what earlier sessions left in flight; True if the store changed."""
         ...
 
-    def start(self, tasks: TaskGroup, items: ObjectReceiveStream[WorkItem]) -> None:
+    def start(self, tasks: TaskGroup, items: MemoryObjectReceiveStream[WorkItem]) -> None:
         """Start consuming `items` in `tasks` until the queue closes or the run stops."""
         ...
 
@@ -38,7 +39,7 @@ class StreamBackend:
         """Nothing is left in flight by a stream session: a request either finished or is lost."""
         return False
 
-    def start(self, tasks: TaskGroup, items: ObjectReceiveStream[WorkItem]) -> None:
+    def start(self, tasks: TaskGroup, items: MemoryObjectReceiveStream[WorkItem]) -> None:
         """One worker per slot of concurrency, each with its own handle on the queue."""
         for _ in range(self.concurrency):
             tasks.start_soon(self.pool.worker, items.clone())

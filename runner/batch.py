@@ -23,7 +23,8 @@ from typing import Any
 
 import anyio
 import polars as pl
-from anyio.abc import ObjectReceiveStream, TaskGroup
+from anyio.abc import TaskGroup
+from anyio.streams.memory import MemoryObjectReceiveStream
 
 from runner.batch_api import BatchApi, CreateUnconfirmed, retried
 from runner.batch_ledger import (
@@ -121,14 +122,14 @@ class BatchBackend:
         await self._stopping_on_error(self.settle_earlier())
         return had_open
 
-    def start(self, tasks: TaskGroup, items: ObjectReceiveStream[WorkItem]) -> None:
+    def start(self, tasks: TaskGroup, items: MemoryObjectReceiveStream[WorkItem]) -> None:
         """Consume the queue in one task: batches are built one after another."""
         if self.control.stopping:
             items.close()
             return
         tasks.start_soon(self._execute_from, items)
 
-    async def _execute_from(self, items: ObjectReceiveStream[WorkItem]) -> None:
+    async def _execute_from(self, items: MemoryObjectReceiveStream[WorkItem]) -> None:
         async with items:
             await self._stopping_on_error(self.execute(items))
 

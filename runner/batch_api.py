@@ -17,6 +17,7 @@ import json
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime
+from functools import partial
 from typing import Any, TypeVar
 
 import anyio
@@ -80,7 +81,7 @@ class BatchApi:
             params: dict[str, Any] = {"limit": LIST_PAGE}
             if after is not None:
                 params["after_id"] = after
-            page = await retried(lambda p=params: self._call("GET", self._root, p))
+            page = await retried(partial(self._call, "GET", self._root, params))
             batches = page.get("data") or []
             for batch in batches:
                 if parse_time(batch["created_at"]) < cutoff:

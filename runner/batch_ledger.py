@@ -204,8 +204,8 @@ class RetrySpool:
         try:
             with self.path.open(encoding="utf-8") as fh:
                 for line in fh:
-                    *fields, params = json.loads(line)
-                    yield BatchItem(*fields, params=params.encode())
+                    row_id, row_line, fingerprint, model, prior, params = json.loads(line)
+                    yield BatchItem(row_id, row_line, fingerprint, model, prior, params.encode())
         finally:
             self.path.unlink(missing_ok=True)
 

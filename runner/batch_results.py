@@ -101,6 +101,7 @@ class ItemSettler:
     ) -> None:
         usage = usage_of(message.get("usage") or {})
         served = message.get("model") if isinstance(message.get("model"), str) else None
+        # An unpriced model's cost is unknown (None), never $0.
         cost = self.prices.batch_cost(served or item.model, usage)
         attempt = self._attempt(item, batch_id, custom_id, Outcome.OK, None, None, usage, cost)
         text = "".join(
@@ -153,7 +154,7 @@ class ItemSettler:
         error_type: str | None,
         message: str | None,
         usage: Usage | None = None,
-        cost: float = 0.0,
+        cost: float | None = 0.0,
     ) -> Attempt:
         return Attempt(
             row_id=item.row_id,
@@ -180,7 +181,8 @@ class ItemSettler:
 def usage_of(fields: dict[str, Any]) -> Usage:
     """A whole Message's `usage` object as a Usage (cache writes all 5-minute unless split)."""
     creation = int(fields.get("cache_creation_input_tokens") or 0)
-    split = fields.get("cache_creation") if isinstance(fields.get("cache_creation"), dict) else {}
+    raw_split = fields.get("cache_creation")
+    split: dict[str, Any] = raw_split if isinstance(raw_split, dict) else {}
     five = int(split.get("ephemeral_5m_input_tokens") or 0)
     hour = int(split.get("ephemeral_1h_input_tokens") or 0)
     if five + hour == 0:
