@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from conftest import TEST_KEY
 from helpers import attempts_of, prompts, results_of, run_rows
 
 from runner.batch import BatchBackend, params_of
+from runner.batch_ledger import BatchLedger
 from runner.batch_results import usage_of
 from runner.batch_session import cancel_run
 from runner.mock import MockConfig, MockServer, serve_in_thread
@@ -201,3 +203,51 @@ def test_demo_in_batch_mode_shows_what_batch_saved(tmp_path: Path) -> None:
         timeout=60,
     )
     assert "streamed they would cost" in report.stdout
+
+
+def test_a_lost_create_with_several_candidates_stops_and_names_them(tmp_path: Path) -> None:
+    rows = prompts(4, prefix="lost")
+    with serve_in_thread(MockConfig(batch_processing_s=0.01)) as mock:
+        run_dir = tmp_path / "reports" / "input" / "r1"
+        run_dir.mkdir(parents=True)
+        ledger = BatchLedger(run_dir)  # as a session killed between intent and answer left it
+        ledger.write_items(1, [])
+        ledger.intent(1, 4)
+        headers = {"x-api-key": TEST_KEY, "anthropic-version": "2023-06-01"}
+        requests = [
+            {"custom_id": f"x{i}", "params": {"model": "m", "max_tokens": 5, "messages": []}}
+            for i in range(4)
+        ]
+        for _ in range(2):
+            httpx.post(f"{mock.base_url}/v1/messages/batches", json={"requests": requests},
+                       headers=headers).raise_for_status()  # fmt: skip
+        ids = {b["id"] for b in listed_batches(mock)}
+        outcome = run_batch(tmp_path, mock, rows, run_id="r1")
+        assert len(listed_batches(mock)) == 2  # nothing more was created
+    assert outcome.exit_code == 3
+    assert all(batch_id in (outcome.message or "") for batch_id in ids)
+
+
+def test_a_canceled_batch_keeps_and_bills_what_finished_before_the_cancel(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    original = BatchBackend.wait_and_collect
+
+    async def stop_then_wait(self: BatchBackend) -> None:
+        self.control.stop(0)
+        await original(self)
+
+    monkeypatch.setattr(BatchBackend, "wait_and_collect", stop_then_wait)
+    rows = prompts(40, prefix="half")
+    with serve_in_thread(MockConfig(batch_processing_s=0.5)) as mock:
+        outcome = run_batch(tmp_path, mock, rows, run_id="r1")
+        monkeypatch.undo()
+        time.sleep(0.25)  # some items finish first; the checks hold for any split
+        cancel_run(outcome.run_dir, TEST_KEY)
+        succeeded = {a.prompt for a in mock.record.attempts() if a.outcome == "ok"}
+    results = results_of(outcome.run_dir).sort("id")
+    for row, result in zip(rows, results.iter_rows(named=True), strict=True):
+        if row["prompt"] in succeeded:
+            assert result["status"] == "ok" and result["cost_usd"] > 0
+        else:
+            assert (result["status"], result["error_type"]) == ("error", "canceled")
