@@ -18,6 +18,13 @@ from runner.models import Status
 USABLE = "usable"
 # Each unusable kind, in the order a row is classified (the first that applies).
 UNUSABLE_KINDS = ("refusal", "truncated", "pause_turn", "empty")
+# How outputs for people name each unusable kind.
+UNUSABLE_WORDS = {
+    "refusal": "refused",
+    "truncated": "cut at max_tokens",
+    "pause_turn": "paused (pause_turn)",
+    "empty": "empty",
+}
 _STOP_REASON_KIND = {
     "refusal": "refusal",
     "max_tokens": "truncated",
@@ -56,3 +63,10 @@ def answer_counts(results: pl.LazyFrame) -> dict[str, int]:
     for kind, count in frame.iter_rows():
         counts[kind] = count
     return counts
+
+
+def answers_text(answers: dict[str, int], ok: int) -> str:
+    """`N usable of M ok`, with each kind of unusable answer there is: as every output says it."""
+    unusable = [f"{answers[k]:,} {UNUSABLE_WORDS[k]}" for k in UNUSABLE_KINDS if answers[k]]
+    text = f"{answers[USABLE]:,} usable of {ok:,} ok"
+    return text + (f" ({', '.join(unusable)})" if unusable else "")

@@ -25,7 +25,9 @@ from rich.table import Table
 from rich.text import Text
 
 from runner.accounting import batch_text, cost_text, usd
+from runner.answers import answers_text
 from runner.logs import emit
+from runner.outcome import count, per_second, seconds
 from runner.stats import RunStats
 
 log = logging.getLogger("runner")
@@ -35,10 +37,13 @@ RATE_WINDOW_S = 10.0
 LIVE_INTERVAL_S = 0.25
 DEFAULT_PLAIN_INTERVAL_S = 30.0
 
+# What to do after each exit code, before the resume command.
 _NEXT_STEP = {
     1: "some rows failed; once the cause is fixed, send them again with",
     3: "the API refused the run; fix the key or the account, then resume with",
-    5: "the --max-cost budget is reached; resume with a higher --max-cost",
+    4: "a local failure stopped the run; fix it (disk space, open files, permissions), "
+    "then resume with",
+    5: "the --max-cost budget is spent; to go on, raise it and resume with",
     130: "interrupted; rows already ok are kept, resume with",
 }
 
@@ -290,10 +295,16 @@ def most_common_error(stats: RunStats) -> str | None:
 def summary_fields(outcome: Any) -> dict[str, Any]:
     """The final figures of a run (a `runner.run.RunOutcome`), for lines and JSON alike."""
     summary, stats = outcome.summary, outcome.stats
+    session, whole = summary["this_session"], summary["time"]
     fields: dict[str, Any] = {
         "event": "summary",
+        "state": summary["state"],
+        "reason": summary["reason"],
         "exit_code": outcome.exit_code,
+        "input_rows": summary["input_rows"],
         "rows": summary["rows"],
+        "answers": summary["answers"],
+        "rows_by_stop_reason": summary["rows_by_stop_reason"],
         "tokens": summary["tokens"],
         "cost_usd": summary["cost_usd"],
         "cost": cost_text(summary),
@@ -301,44 +312,63 @@ def summary_fields(outcome: Any) -> dict[str, Any]:
         "unpriced_rows": summary["unpriced_rows"],
         "unpriced_models": summary["unpriced_models"],
         "retry_cost_usd": summary["retries"]["cost_usd"],
-        "wall_time_s": round(stats.elapsed, 3),
-        "rows_done": stats.done,
-        "rows_skipped": stats.skipped,
+        "wall_time_s": session["wall_time_s"],
+        "rows_per_s": session["rows_per_s"],
+        "run_wall_time_s": whole["wall_time_s"],
+        "run_rows_per_s": whole["rows_per_s"],
+        "sessions": whole["sessions"],
+        "rows_done": session["rows_done"],
+        "rows_skipped": session["rows_skipped"],
         "report": str(outcome.run_dir),
     }
     if summary.get("batch"):
         fields["batch"] = summary["batch"]
-    if outcome.message:
-        fields["message"] = outcome.message
-    if outcome.exit_code in _NEXT_STEP:
+    if outcome.exit_code != 0:
         fields["most_common_error"] = most_common_error(stats)
         fields["resume_command"] = summary.get("resume_command")
     return fields
 
 
+def _state(f: dict[str, Any]) -> str:
+    reason = f": {f['reason']}" if f["reason"] else ""
+    return f"{f['state']} (exit {f['exit_code']}){reason}"
+
+
+def _of_input(f: dict[str, Any]) -> str:
+    """`of N input rows`: the input's rows, which is what "of" means in every output."""
+    total = f["input_rows"] if f["input_rows"] is not None else f["rows"]["total"]
+    return f"of {count(total)} input rows"
+
+
 def summary_lines(outcome: Any) -> list[str]:
-    """The final lines: rows by status, tokens, cost, wall time, the report, and what next."""
+    """The final lines: state, rows, answers, tokens, cost, wall time, the report, what next."""
     f = summary_fields(outcome)
-    rows, tokens, wall = f["rows"], f["tokens"], f["wall_time_s"]
-    rate = f["rows_done"] / wall if wall > 0 else 0.0
+    rows, tokens = f["rows"], f["tokens"]
+    wall = f"wall time: {seconds(f['wall_time_s'])} ({per_second(f['rows_per_s'])})"
+    if f["sessions"] > 1:
+        wall += (
+            f" this session; the whole run, {f['sessions']} sessions: "
+            f"{seconds(f['run_wall_time_s'])} ({per_second(f['run_rows_per_s'])})"
+        )
     lines = [
-        f"rows: {rows['ok']} ok, {rows['error']} error, {rows['invalid']} invalid "
-        f"(of {rows['total']}); {f['rows_done']} done in this session, "
-        f"{f['rows_skipped']} skipped as already ok",
-        f"tokens: {tokens['input_tokens']:,} input, {tokens['output_tokens']:,} output, "
-        f"{tokens['cache_creation_input_tokens']:,} cache write, "
-        f"{tokens['cache_read_input_tokens']:,} cache read",
+        f"state: {_state(f)}",
+        f"rows: {count(rows['ok'])} ok, {count(rows['error'])} error, "
+        f"{count(rows['invalid'])} invalid {_of_input(f)}; {count(f['rows_done'])} done in "
+        f"this session, {count(f['rows_skipped'])} skipped as already ok",
+        f"answers: {answers_text(f['answers'], f['rows']['ok'])}",
+        f"tokens: {count(tokens['input_tokens'])} input, {count(tokens['output_tokens'])} output, "
+        f"{count(tokens['cache_creation_input_tokens'])} cache write, "
+        f"{count(tokens['cache_read_input_tokens'])} cache read",
         f"cost: {f['cost']} (retries: {usd(f['retry_cost_usd'])})",
         *([batch_text(f["batch"])] if f.get("batch") else []),
-        f"wall time: {wall:.1f} s ({rate:.1f} rows/s)",
+        wall,
         f"report: {f['report']}",
     ]
-    if "message" in f:
-        lines.append(f["message"])
     if f.get("most_common_error"):
         lines.append(f"most common error: {f['most_common_error']}")
     if f.get("resume_command"):
-        lines.append(f"next: {_NEXT_STEP[f['exit_code']]}: {f['resume_command']}")
+        step = _NEXT_STEP.get(f["exit_code"], "resume with")
+        lines.append(f"next: {step}: {f['resume_command']}")
     return lines
 
 
@@ -346,11 +376,12 @@ def final_line(outcome: Any) -> str:
     """The whole summary on one line, for `--quiet`."""
     f = summary_fields(outcome)
     rows = f["rows"]
+    answers = answers_text(f["answers"], rows["ok"])
     line = (
-        f"runner: exit {f['exit_code']}: {rows['ok']} ok, {rows['error']} error, "
-        f"{rows['invalid']} invalid of {rows['total']}; "
-        f"{f['tokens']['input_tokens']:,} in / {f['tokens']['output_tokens']:,} out tokens; "
-        f"{f['cost']}; {f['wall_time_s']:.1f} s; report {f['report']}"
+        f"runner: {_state(f)}: {count(rows['ok'])} ok, {count(rows['error'])} error, "
+        f"{count(rows['invalid'])} invalid {_of_input(f)}; {answers}; "
+        f"{count(f['tokens']['input_tokens'])} in / {count(f['tokens']['output_tokens'])} out "
+        f"tokens; {f['cost']}; {seconds(f['wall_time_s'])}; report {f['report']}"
     )
     if f.get("most_common_error"):
         line += f"; most common error {f['most_common_error']}"

@@ -4,9 +4,10 @@
 people. A run dir holds `run.json`; a job dir holds run dirs. The dict's shape:
 
     run:  {"kind": "run", "run_dir", "run_id", "job", "started_at", "ended_at",
+           "state", "exit_code", "reason", "resume_command", "input_rows",
            "prices": {"as_of", "source", "kind", "builtin_as_of", "overrides"},
-           **ACCOUNT, "latency_ms", "ttft_ms",
-           "time": {"wall_time_s", "active_s", "rows_per_s", "requests_per_s",
+           **ACCOUNT, "rows_by_stop_reason", "answers", "latency_ms", "ttft_ms",
+           "time": {"wall_time_s", "rows_per_s", "sessions", "active_s", "requests_per_s",
                     "output_tokens_per_s", "rate_limit_wait_s", "retry_backoff_s"},
            "errors": [{"error_type", "rows", "example_ids"}]}
     job:  {"kind": "job", "job_dir", "job", "runs": [run, ...], "total": ACCOUNT}
@@ -14,13 +15,14 @@ people. A run dir holds `run.json`; a job dir holds run dirs. The dict's shape:
 
 `cost_usd` is what the rows' successful attempts cost; `retries.cost_usd` what the
 failed attempts cost; `spend_usd` is both, the bill. Percentiles are over ok rows.
+`state` and the time figures (wall time over the sessions, gaps left out) are defined in
+runner.outcome, as summary.json has them; `answers` in runner.answers.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -35,10 +37,14 @@ from runner.accounting import (
     cost_text,
     usd,
 )
+from runner.answers import answer_counts, answers_text
 from runner.errors import UsageError
 from runner.lifecycle import stale_prices_warning
 from runner.models import Status
+from runner.outcome import count, per_second, rate, read_state, run_time, seconds, sessions_of
 from runner.pricing import describe
+from runner.store import RunStore
+from runner.summary import ANSWER_COLUMNS, stop_reason_counts
 
 PRICE_SOURCE_KEYS = ("as_of", "source", "kind", "builtin_as_of", "overrides")
 PERCENTILES = (50, 90, 99)
@@ -87,7 +93,9 @@ def _run_report(reader: RunReader) -> dict[str, Any]:
     info = read_run_json(run_dir)
     summary = read_run_json(run_dir, "summary.json")
     prices = info.get("prices") or {}
-    results = reader.results((*ACCOUNT_COLUMNS, "latency_ms", "ttft_ms", "error_type"))
+    results = reader.results(
+        (*ACCOUNT_COLUMNS, "latency_ms", "ttft_ms", "error_type", *ANSWER_COLUMNS)
+    )
     attempts = reader.attempts()
     ok = results.filter(pl.col("status") == Status.OK.value)
     timing = ok.select("latency_ms", "ttft_ms").collect()
@@ -98,15 +106,19 @@ def _run_report(reader: RunReader) -> dict[str, Any]:
         "job": (info.get("job") or {}).get("name", run_dir.parent.name),
         "started_at": info.get("first_started_at") or info.get("started_at"),
         "ended_at": info.get("ended_at"),
+        **read_state(info, summary, live=RunStore(run_dir).in_use()),
+        "input_rows": info.get("input_rows", summary.get("input_rows")),
         "prices": {k: prices.get(k) for k in PRICE_SOURCE_KEYS},
         **account(results, attempts),
+        "rows_by_stop_reason": stop_reason_counts(results),
+        "answers": answer_counts(results),
         "latency_ms": percentiles(timing["latency_ms"]),
         "ttft_ms": percentiles(timing["ttft_ms"]),
     }
     batch = batch_account(results, attempts, prices.get("batch_multiplier"))
     if batch is not None:
         report["batch"] = batch
-    report["time"] = _time(report, attempts.select("started_at", "latency_ms", "wait_s"), summary)
+    report["time"] = _time(report, attempts, sessions_of(info), summary)
     report["errors"] = _errors(results)
     stale = stale_prices_warning(prices.get("builtin_as_of"))
     report["warnings"] = [stale] if stale else []
@@ -137,29 +149,22 @@ def active_seconds(starts: Iterable[float], ends: Iterable[float]) -> float:
     return total
 
 
-def _time(report: dict[str, Any], lazy_attempts: pl.LazyFrame, summary: dict) -> dict[str, Any]:
-    """Wall time, busy time, throughput, and time spent waiting on limits and backoff."""
-    attempts = lazy_attempts.collect()
-    wall = None
-    if report["started_at"] and report["ended_at"]:
-        started = datetime.fromisoformat(report["started_at"])
-        wall = round((datetime.fromisoformat(report["ended_at"]) - started).total_seconds(), 3)
+def _time(
+    report: dict[str, Any], lazy_attempts: pl.LazyFrame, sessions: list[dict], summary: dict
+) -> dict[str, Any]:
+    """Wall time and throughput as runner.outcome defines them, busy time, and waits."""
+    whole = run_time(sessions, lazy_attempts, report["rows"]["total"])
+    attempts = lazy_attempts.select("started_at", "latency_ms", "wait_s").collect()
     timed = attempts.drop_nulls(["started_at", "latency_ms"])
     starts = [t.timestamp() for t in timed["started_at"]]
     ends = [s + ms / 1000.0 for s, ms in zip(starts, timed["latency_ms"], strict=True)]
-    # Busy time, not first-to-last: a resumed run's pause would otherwise count as work.
-    active = active_seconds(starts, ends)
-
-    def rate(amount: float) -> float | None:
-        return round(amount / active, 3) if active > 0 else None
-
     waiting = (summary.get("limiter") or {}).get("waiting_s") or {}
     return {
-        "wall_time_s": wall,
-        "active_s": round(active, 3),
-        "rows_per_s": rate(report["rows"]["ok"]),
-        "requests_per_s": rate(attempts.height),
-        "output_tokens_per_s": rate(report["tokens"]["output_tokens"]),
+        **whole,
+        # Seconds with at least one attempt in flight: how much of the wall time was work.
+        "active_s": round(active_seconds(starts, ends), 3),
+        "requests_per_s": rate(attempts.height, whole["wall_time_s"]),
+        "output_tokens_per_s": rate(report["tokens"]["output_tokens"], whole["wall_time_s"]),
         "rate_limit_wait_s": {k: round(float(v), 3) for k, v in waiting.items()},
         "retry_backoff_s": round(float(attempts["wait_s"].sum() or 0.0), 3),
     }
@@ -189,12 +194,17 @@ def format_report(report: dict[str, Any]) -> str:
     if report["kind"] == "run":
         return "\n".join(_format_run(report))
     lines = [f"job {report['job']}: {len(report['runs'])} runs ({report['job_dir']})", ""]
-    header = f"{'run':<22} {'ok':>7} {'error':>6} {'invalid':>7} {'tokens':>12} {'cost':>11}"
+    header = (
+        f"{'run':<22} {'state':<11} {'exit':>4} {'ok':>7} {'error':>6} {'invalid':>7} "
+        f"{'tokens':>12} {'cost':>11}"
+    )
     lines += [header + f" {'retries':>10} {'wall':>8}", "-" * (len(header) + 20)]
     for run in report["runs"]:
         wall = run["time"]["wall_time_s"]
+        exit_code = "-" if run["exit_code"] is None else run["exit_code"]
         lines.append(
-            f"{run['run_id']:<22} {run['rows']['ok']:>7,} {run['rows']['error']:>6,} "
+            f"{run['run_id']:<22} {run['state']:<11} {exit_code:>4} "
+            f"{run['rows']['ok']:>7,} {run['rows']['error']:>6,} "
             f"{run['rows']['invalid']:>7,} {sum(run['tokens'].values()):>12,} "
             f"{usd(run['cost_usd']):>11} {usd(run['retries']['cost_usd']):>10} "
             f"{'-' if wall is None else f'{wall:.1f}s':>8}"
@@ -205,19 +215,26 @@ def format_report(report: dict[str, Any]) -> str:
 
 def _format_run(run: dict[str, Any]) -> list[str]:
     time_ = run["time"]
+    reason = f": {run['reason']}" if run["reason"] else ""
+    exit_code = "" if run["exit_code"] is None else f" (exit {run['exit_code']})"
     lines = [
         f"run {run['run_id']} of job {run['job']} ({run['run_dir']})",
+        f"state: {run['state']}{exit_code}{reason}",
         f"started {run['started_at']}, ended {run['ended_at'] or '(not finished)'}",
-        *_format_account(run),
+        *_format_account(run, run["input_rows"]),
+        "answers: " + answers_text(run["answers"], run["rows"]["ok"]),
+        "stop reasons: "
+        + (", ".join(f"{k} {count(v)}" for k, v in run["rows_by_stop_reason"].items()) or "none"),
         "latency ms: " + _format_percentiles(run["latency_ms"]),
         "ttft ms:    " + _format_percentiles(run["ttft_ms"]),
-        f"wall time: {_num(time_['wall_time_s'], 's')}, busy {time_['active_s']:.1f}s; "
-        f"{_num(time_['rows_per_s'], ' rows/s')}, {_num(time_['requests_per_s'], ' req/s')}, "
-        f"{_num(time_['output_tokens_per_s'], ' output tokens/s')}",
+        f"wall time: {seconds(time_['wall_time_s'])} ({per_second(time_['rows_per_s'])}) over "
+        f"{time_['sessions']} session{'s' if time_['sessions'] != 1 else ''}, gaps left out; "
+        f"busy {seconds(time_['active_s'])}; {per_second(time_['requests_per_s'], 'req')}, "
+        f"{per_second(time_['output_tokens_per_s'], 'output tokens')}",
         "waiting: "
         + ", ".join(
-            [f"{k} {v:.1f}s" for k, v in time_["rate_limit_wait_s"].items()]
-            + [f"retry backoff {time_['retry_backoff_s']:.1f}s"]
+            [f"{k} {seconds(v)}" for k, v in time_["rate_limit_wait_s"].items()]
+            + [f"retry backoff {seconds(time_['retry_backoff_s'])}"]
         ),
     ]
     if run["errors"]:
@@ -225,16 +242,19 @@ def _format_run(run: dict[str, Any]) -> list[str]:
         for error in run["errors"]:
             ids = ", ".join(error["example_ids"])
             lines.append(f"  {error['rows']:>7,} {error['error_type']}  (e.g. {ids})")
+    if run["resume_command"]:
+        lines.append(f"resume: {run['resume_command']}")
     lines += describe(run["prices"])
     lines += [f"warning: {warning}" for warning in run.get("warnings", [])]
     return lines
 
 
-def _format_account(account_: dict[str, Any]) -> list[str]:
+def _format_account(account_: dict[str, Any], input_rows: int | None = None) -> list[str]:
     rows, retries = account_["rows"], account_["retries"]
+    of = f"of {count(input_rows)} input rows" if input_rows is not None else "in all"
     lines = [
         f"rows: {rows['ok']:,} ok, {rows['error']:,} error, {rows['invalid']:,} invalid "
-        f"(of {rows['total']:,}); {account_['attempts']:,} attempts",
+        f"{of}; {account_['attempts']:,} attempts",
         f"{'model':<28} {'rows':>7} {'input':>12} {'output':>12} {'cache write':>12} "
         f"{'cache read':>12} {'cost':>11}",
     ]

@@ -38,6 +38,7 @@ from runner.lifecycle import check_model
 from runner.limiter import RateLimiter
 from runner.logs import bind_run, log_start
 from runner.models import InvalidRow, Request, RowResult, Status
+from runner.outcome import sessions_of
 from runner.parts import write_json_atomic
 from runner.pool import StopControl, WorkerPool, WorkItem
 from runner.pricing import PriceTable
@@ -196,6 +197,9 @@ class _Session:
         run_dir = self.store.run_dir
         run_info, key = self._start_run_json()
         exit_code = self._plan(run_info["settled"])
+        # Known now, and kept should this session crash: "of N" in every report.
+        run_info["input_rows"] = self.stats.total_rows
+        write_json_atomic(run_dir / "run.json", run_info)
         resumed = run_info["first_started_at"] != run_info["started_at"]
         log_start(self.job, run_dir, self.stats.total_rows, resumed=resumed)
         if exit_code is None:
@@ -205,24 +209,40 @@ class _Session:
         else:
             self.store.flush()
         self.stats.stop_clock()
-        summary = summarize(self.store, self.stats, exit_code, self.prices.batch_multiplier)
+        run_info["ended_at"] = datetime.now(UTC).isoformat()
+        run_info["sessions"][-1].update(
+            ended_at=run_info["ended_at"], wall_time_s=round(self.stats.elapsed, 3)
+        )
+        fatal = self.control.fatal
+        message = f"stopped: {fatal.message}" if fatal is not None else None
+        reason = fatal.message if fatal is not None else None
+        budget = None
+        if exit_code == EXIT_BUDGET and self.budget is not None:
+            message = reason = self.budget.message()
+            budget = {"max_cost_usd": self.budget.cap, "spent_usd": self.budget.spent}
+        resume = None
+        if exit_code != EXIT_OK:
+            resume = resume_command(self.options.argv, run_dir.name)
+        summary = summarize(
+            self.store,
+            self.stats,
+            exit_code,
+            run_info,
+            reason=reason,
+            resume_command=resume,
+            batch_multiplier=self.prices.batch_multiplier,
+        )
+        if budget is not None:
+            summary["budget"] = budget
         summary["limiter"] = self.limiter.snapshot()
         if self.seen.complete:
             run_info["input"] = self._input_read()
         if exit_code in (EXIT_OK, EXIT_SOME_FAILED) and self.options.limit is None and key:
             # Every row was seen and has its outcome on disk.
             run_info["settled"] = {"key": key, "rows": summary["rows"]["total"]}
-        run_info["ended_at"] = datetime.now(UTC).isoformat()
         run_info["counts"] = summary["rows"]
         write_json_atomic(run_dir / "run.json", run_info)
         write_json_atomic(run_dir / "summary.json", summary)
-        fatal = self.control.fatal
-        if exit_code in (EXIT_SOME_FAILED, EXIT_FATAL, EXIT_INTERRUPTED, EXIT_BUDGET):
-            summary["resume_command"] = resume_command(self.options.argv, run_dir.name)
-        message = f"stopped: {fatal.message}" if fatal is not None else None
-        if exit_code == EXIT_BUDGET and self.budget is not None:
-            message = self.budget.message()
-            summary["budget"] = {"max_cost_usd": self.budget.cap, "spent_usd": self.budget.spent}
         return RunOutcome(exit_code, run_dir, summary, message, self.stats)
 
     def _start_run_json(self) -> tuple[dict[str, Any], dict[str, str]]:
@@ -252,6 +272,9 @@ class _Session:
             "first_started_at": (earlier or {}).get("first_started_at", started_at),
             "started_at": started_at,
             "ended_at": None,
+            # One entry a session: the reports leave the gaps between sessions out.
+            "sessions": [*sessions_of(earlier), {"started_at": started_at, "ended_at": None}],
+            "input_rows": None,
             "counts": None,
             "settled": settled if key and settled and settled.get("key") == key else None,
         }

@@ -106,6 +106,20 @@ class RunStore:
             os.close(self._lock_fd)
             self._lock_fd = None
 
+    def in_use(self) -> bool:
+        """Whether a live process holds this run's lock (a report then says `running`)."""
+        try:
+            fd = os.open(self.run_dir / ".lock", os.O_RDONLY)
+        except FileNotFoundError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)  # closing drops the shared lock if it was taken
+        return False
+
     def _remove_temporaries(self) -> None:
         for directory in (self.run_dir, self.results_dir, self.state_dir, self.attempts_dir):
             for tmp in directory.glob(".*.tmp"):
