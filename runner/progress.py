@@ -336,8 +336,9 @@ def _state(f: dict[str, Any]) -> str:
 
 def _of_input(f: dict[str, Any]) -> str:
     """`of N input rows`: the input's rows, which is what "of" means in every output."""
-    total = f["input_rows"] if f["input_rows"] is not None else f["rows"]["total"]
-    return f"of {count(total)} input rows"
+    if f["input_rows"] is None:
+        return "of ? input rows (the input was not read to its end)"
+    return f"of {count(f['input_rows'])} input rows"
 
 
 def summary_lines(outcome: Any) -> list[str]:

@@ -107,7 +107,7 @@ def _run_report(reader: RunReader) -> dict[str, Any]:
         "started_at": info.get("first_started_at") or info.get("started_at"),
         "ended_at": info.get("ended_at"),
         **read_state(info, summary, live=RunStore(run_dir).in_use()),
-        "input_rows": info.get("input_rows", summary.get("input_rows")),
+        "input_rows": info.get("input_rows"),
         "prices": {k: prices.get(k) for k in PRICE_SOURCE_KEYS},
         **account(results, attempts),
         "rows_by_stop_reason": stop_reason_counts(results),

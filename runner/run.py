@@ -197,9 +197,6 @@ class _Session:
         run_dir = self.store.run_dir
         run_info, key = self._start_run_json()
         exit_code = self._plan(run_info["settled"])
-        # Known now, and kept should this session crash: "of N" in every report.
-        run_info["input_rows"] = self.stats.total_rows
-        write_json_atomic(run_dir / "run.json", run_info)
         resumed = run_info["first_started_at"] != run_info["started_at"]
         log_start(self.job, run_dir, self.stats.total_rows, resumed=resumed)
         if exit_code is None:
@@ -209,6 +206,8 @@ class _Session:
         else:
             self.store.flush()
         self.stats.stop_clock()
+        if self.stats.total_rows is not None:
+            run_info["input_rows"] = self.stats.total_rows  # "of N" in every report
         run_info["ended_at"] = datetime.now(UTC).isoformat()
         run_info["sessions"][-1].update(
             ended_at=run_info["ended_at"], wall_time_s=round(self.stats.elapsed, 3)
@@ -274,7 +273,10 @@ class _Session:
             "ended_at": None,
             # One entry a session: the reports leave the gaps between sessions out.
             "sessions": [*sessions_of(earlier), {"started_at": started_at, "ended_at": None}],
-            "input_rows": None,
+            # The input's rows, once a session has read it to its end (while it is unchanged).
+            "input_rows": (earlier or {}).get("input_rows")
+            if identity and self.earlier_input.get("identity") == identity
+            else None,
             "counts": None,
             "settled": settled if key and settled and settled.get("key") == key else None,
         }

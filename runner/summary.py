@@ -69,7 +69,7 @@ def summarize(
         "reason": reason,
         "exit_code": exit_code,
         "resume_command": resume_command,
-        "input_rows": stats.total_rows,
+        "input_rows": run_info.get("input_rows"),
         "started_at": run_info.get("first_started_at"),
         "ended_at": run_info.get("ended_at"),
         **figures,
