@@ -115,7 +115,7 @@ def log_start(job: Any, run_dir: Any, input_rows: int | None, *, resumed: bool) 
     }
     mode = str(getattr(job, "mode", None) or "stream")
     models = [str(job.request.model)]
-    rows = f"{input_rows:,} rows" if input_rows is not None else "rows not counted"
+    rows = f"{input_rows:,} rows" if input_rows is not None else "rows counted as read"
     max_cost = getattr(job, "max_cost", None)
     message = (
         f"{'resume' if resumed else 'start'}: run {run_dir.name}, job {job.name}, "

@@ -198,7 +198,10 @@ class _Session:
         run_info, key = self._start_run_json()
         exit_code = self._plan(run_info["settled"])
         resumed = run_info["first_started_at"] != run_info["started_at"]
-        log_start(self.job, run_dir, self.stats.total_rows, resumed=resumed)
+        rows = (
+            self.stats.total_rows if self.stats.total_rows is not None else run_info["input_rows"]
+        )
+        log_start(self.job, run_dir, rows, resumed=resumed)
         if exit_code is None:
             exit_code = anyio.run(self._drive)
         if exit_code in (EXIT_OK, EXIT_SOME_FAILED):
