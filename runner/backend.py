@@ -8,7 +8,7 @@ Batches at the batch price.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream
@@ -25,6 +25,10 @@ class Backend(Protocol):
 
     def start(self, tasks: TaskGroup, items: MemoryObjectReceiveStream[WorkItem]) -> None:
         """Start consuming `items` in `tasks` until the queue closes or the run stops."""
+        ...
+
+    def snapshot(self) -> dict[str, Any]:
+        """What the progress display shows of the backend: `in_flight`, `waiting_on`."""
         ...
 
 
@@ -44,3 +48,7 @@ class StreamBackend:
         for _ in range(self.concurrency):
             tasks.start_soon(self.pool.worker, items.clone())
         items.close()
+
+    def snapshot(self) -> dict[str, Any]:
+        """The rate limiter's view: requests in flight and what the pool waits on."""
+        return self.pool.limiter.snapshot()

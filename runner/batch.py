@@ -79,13 +79,16 @@ class BatchProgress:
     ended: int = 0
     started: float = field(default_factory=time.monotonic)
 
+    def batches(self, in_progress: int) -> str:
+        """The batches by state."""
+        return f"batches: {self.submitted} submitted, {in_progress} in progress, {self.ended} ended"
+
     def line(self, in_progress: int, stats: RunStats) -> str:
         """One progress line (the same for a terminal and for cron)."""
         total = f" of {stats.total_rows:,}" if stats.total_rows is not None else ""
         elapsed = int(time.monotonic() - self.started)
         return (
-            f"batches: {self.submitted} submitted, {in_progress} in progress, "
-            f"{self.ended} ended · rows settled {stats.done + stats.skipped:,}{total} · "
+            f"{self.batches(in_progress)} · rows settled {stats.done + stats.skipped:,}{total} · "
             f"{elapsed // 60}m{elapsed % 60:02d}s · ${stats.cost_usd:.4f} so far"
         )
 
@@ -128,6 +131,13 @@ class BatchBackend:
             items.close()
             return
         tasks.start_soon(self._execute_from, items)
+
+    def snapshot(self) -> dict[str, Any]:
+        """For the live display: items in running batches, and the batches by state."""
+        return {
+            "in_flight": sum(entry.requests for entry in self.running.values()),
+            "waiting_on": self.progress.batches(len(self.running)),
+        }
 
     async def _execute_from(self, items: MemoryObjectReceiveStream[WorkItem]) -> None:
         async with items:

@@ -365,7 +365,7 @@ class _Session:
             outer.start_soon(_watch_signals, control, job.retry.grace_period)
             outer.start_soon(_flush_periodically, self.store)
             if self.options.progress is not None:
-                outer.start_soon(self.options.progress.run, self.stats, self.limiter)
+                outer.start_soon(self.options.progress.run, self.stats, backend)
             with workers_scope:
                 if await backend.prepare():
                     # What earlier sessions left is settled now: read the store again.
