@@ -249,6 +249,7 @@ class WorkerPool:
             completion.latency_ms,
             Outcome.OK,
             completion.usage,
+            served_model=completion.served_model,
             http_status=200,
             request_id=completion.request_id,
         )
@@ -263,6 +264,7 @@ class WorkerPool:
         latency_ms: float,
         outcome: Outcome,
         usage: Usage | None,
+        served_model: str | None = None,
         **details: Any,
     ) -> None:
         attempt = Attempt(
@@ -273,7 +275,11 @@ class WorkerPool:
             latency_ms=latency_ms,
             fingerprint=request.fingerprint,
             usage=usage,
-            cost_usd=self.prices.cost(request.model, usage) if usage is not None else None,
+            cost_usd=(
+                self.prices.cost(served_model or request.model, usage)
+                if usage is not None
+                else None
+            ),
             **details,
         )
         attempts.append(attempt)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
+import tomllib
 from collections.abc import Mapping
 from datetime import date
+from pathlib import Path
 from typing import Any
 
 from runner.errors import UsageError
@@ -57,3 +59,22 @@ def priced_dimension(
         "as_of": date_text(entry.get("as_of", defaults["as_of"]), where, "as_of"),
         "source": date_text(entry.get("source", defaults["source"]), where, "source"),
     }
+
+
+def table_field(data: Mapping[str, Any], key: str, where: str) -> Mapping[str, Any]:
+    """A sub-table of a price file (empty if absent)."""
+    value = data.get(key, {})
+    if not isinstance(value, Mapping):
+        raise UsageError(f"{where}: field {key!r} must be a table")
+    return value
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """A price file, parsed; an unreadable or invalid one is a usage error naming it."""
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except OSError as exc:
+        raise UsageError(f"prices file {path}: cannot read: {exc.strerror or exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"prices file {path}: not valid TOML: {exc}") from exc

@@ -49,6 +49,8 @@ from runner.price_fields import (
     date_text,
     number,
     priced_dimension,
+    read_toml,
+    table_field,
 )
 
 logger = logging.getLogger("runner")
@@ -124,7 +126,7 @@ class PriceTable:
         builder = _Builder()
         builder.apply(_builtin(), "built-in price table", builtin=True)
         if override is not None:
-            builder.apply(_read_toml(override), f"prices file {override}")
+            builder.apply(read_toml(override), f"prices file {override}")
         if extra is not None:
             # The job's [prices] table may be file-shaped or name the models directly.
             shaped = extra if isinstance(extra.get("models"), Mapping) else {"models": extra}
@@ -295,11 +297,11 @@ class _Builder:
             ("fees", "usd_per_1000", self.layers.fees),
             ("inference_geo", "multiplier", self.layers.geo),
         ):
-            for name, entry in _table(data, section, where).items():
+            for name, entry in table_field(data, section, where).items():
                 target[str(name)] = priced_dimension(
                     entry, value_key, f"{where}: {section}.{name}", defaults
                 )
-        models = _table(data, "models", where)
+        models = table_field(data, "models", where)
         changes: list[str] = []
         if "scale" in data:
             factor = number(data["scale"], where, "scale")
@@ -378,23 +380,6 @@ def _with_band(price: ModelPrice, band: Any, here: str) -> ModelPrice:
     base = price.long_prompt or replace(price, long_prompt=None, long_prompt_above=None)
     prices = {key: number(band[key], where, key) for key in PRICE_FIELDS if key in band}
     return replace(price, long_prompt_above=above, long_prompt=replace(base, **prices))
-
-
-def _table(data: Mapping[str, Any], key: str, where: str) -> Mapping[str, Any]:
-    value = data.get(key, {})
-    if not isinstance(value, Mapping):
-        raise UsageError(f"{where}: field {key!r} must be a table")
-    return value
-
-
-def _read_toml(path: Path) -> dict[str, Any]:
-    try:
-        with path.open("rb") as handle:
-            return tomllib.load(handle)
-    except OSError as exc:
-        raise UsageError(f"prices file {path}: cannot read: {exc.strerror or exc}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise UsageError(f"prices file {path}: not valid TOML: {exc}") from exc
 
 
 @functools.cache

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from helpers import prompts, results_of, run_rows
+from helpers import attempts_of, prompts, results_of, run_rows
 
 from runner.mock import MockConfig, serve_in_thread
 from runner.models import Usage
@@ -21,6 +21,10 @@ def test_a_substituted_model_is_billed_at_its_own_price(tmp_path: Path) -> None:
     results = results_of(outcome.run_dir)
     assert set(results["model"]) == {"claude-opus-4-7"}  # what was asked for is kept
     assert set(results["served_model"]) == {"claude-haiku-4-5"}
+    ok_attempts = attempts_of(outcome.run_dir).filter(outcome="ok")
+    costs = dict(zip(results["id"], results["cost_usd"], strict=True))
+    for attempt in ok_attempts.iter_rows(named=True):
+        assert attempt["cost_usd"] == costs[attempt["id"]]  # the attempt too, at Haiku
     table = PriceTable.load()
     for row in results.iter_rows(named=True):
         usage = Usage(
