@@ -172,6 +172,7 @@ SETTING_FLAGS = {
     "limits.input_tokens_per_minute": "itpm",
     "limits.output_tokens_per_minute": "otpm",
     "limits.max_cost_usd": "max_cost",
+    "dedupe": "dedupe",
     "retry.max_attempts": "max_attempts",
     "retry.idle_timeout": "idle_timeout",
     "retry.grace_period": "grace_period",
@@ -195,6 +196,13 @@ def _flags(kwargs: dict[str, Any]) -> dict[str, Any]:
 )
 @click.option("--run-id", help="Run id; an existing one resumes. Default: a new timestamp id.")
 @click.option("--resume", is_flag=True, help="Resume the job's latest run.")
+@click.option(
+    "--dedupe",
+    is_flag=True,
+    default=None,
+    help="Send identical requests once and copy the answer to the other rows (copy_of, "
+    "$0). Default: the job's `dedupe`, else every row is sent (samples may repeat on purpose).",
+)
 @click.option(
     "--grace-period",
     type=float,

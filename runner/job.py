@@ -107,6 +107,8 @@ class Job:
     # Relative to the working directory when not set in a job file: under cron, that
     # is the crontab user's home, so a nightly job sets it (absolute) in the file.
     output_dir: Path = DEFAULT_OUTPUT_DIR
+    # Send identical requests once and copy the answer to the other rows (at $0).
+    dedupe: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready view of the job, for run.json."""
@@ -123,6 +125,7 @@ class Job:
             "limits": _as_dict(self.limits),
             "retry": _as_dict(self.retry),
             "mode": str(self.mode),
+            "dedupe": self.dedupe,
             "batch": _as_dict(self.batch),
         }
 
@@ -140,6 +143,7 @@ _TOP_KEYS = {
     "prices": (str, dict),
     "mode": str,
     "output_dir": str,
+    "dedupe": bool,
 }
 _SECTIONS: dict[str, type] = {
     "request": RequestSpec,
@@ -381,6 +385,7 @@ def resolve_job(job_file: Path | None, flags: dict[str, Any]) -> Job:
         job_file=job_file,
         mode=mode,
         output_dir=output_dir,
+        dedupe=bool(settings.get("dedupe")),
         **sections,
     )
     if not job.request.model:

@@ -131,6 +131,8 @@ class RowResult:
     cost_usd: float | None = None
     attempts: int = 0
     served_model: str | None = None
+    # --dedupe: the id of the row whose answer this one copies (sent once, paid once).
+    copy_of: str | None = None
     error_type: str | None = None
     error_message: str | None = None
     request_id: str | None = None

@@ -34,6 +34,7 @@ RESULT_SCHEMA: dict[str, Any] = {
     "ttft_ms": pl.Float64,
     "latency_ms": pl.Float64,
     "served_model": pl.String,
+    "copy_of": pl.String,
 }
 STATE_SCHEMA: dict[str, Any] = {"line": pl.Int64, "fingerprint": pl.String}
 ATTEMPT_SCHEMA: dict[str, Any] = {
@@ -75,6 +76,7 @@ def result_record(result: RowResult) -> dict[str, Any]:
         "ttft_ms": result.ttft_ms,
         "latency_ms": result.latency_ms,
         "served_model": result.served_model,
+        "copy_of": result.copy_of,
         "line": result.line,
         "fingerprint": result.fingerprint,
     }

@@ -23,6 +23,7 @@ from tenacity import (
 
 from runner.budget import Budget
 from runner.client import Completion, stream_message
+from runner.dedupe import Deduper
 from runner.errors import ApiError, FatalApiError, HttpRetryableError, RetryableError
 from runner.limiter import RateLimiter
 from runner.models import Attempt, Outcome, Request, RowResult, Status, Usage
@@ -104,6 +105,7 @@ class WorkerPool:
         max_retry_after: float,
         fatal_grace: float,
         budget: Budget | None = None,
+        dedupe: Deduper | None = None,
     ) -> None:
         self.http = http
         self.url = httpx.URL(url)
@@ -117,6 +119,7 @@ class WorkerPool:
         self.max_retry_after = max_retry_after
         self.fatal_grace = fatal_grace
         self.budget = budget
+        self.dedupe = dedupe
 
     async def worker(self, queue: ObjectReceiveStream[WorkItem]) -> None:
         """Take rows from the queue until it closes or the run stops."""
@@ -124,20 +127,33 @@ class WorkerPool:
             async for item in queue:
                 if self.control.stopping:
                     return
-                if self.budget is None:
-                    await self.process(item)
+                lead = True if self.dedupe is None else self.dedupe.lead(item.request)
+                if isinstance(lead, RowResult):
+                    self._record_copies([lead])
                     continue
-                reservation = self.budget.admit(item.request)
-                if reservation is None:
-                    # The cap is near: send nothing new, let what is in flight finish.
-                    self.control.stop(math.inf)
-                    return
-                try:
-                    await self.process(item)
-                finally:
-                    self.budget.release(reservation)
+                if not lead:
+                    continue  # answered when its leader is
+                if self.budget is None:
+                    result = await self.process(item)
+                else:
+                    reservation = self.budget.admit(item.request)
+                    if reservation is None:
+                        # The cap is near: send nothing new, let what is in flight finish.
+                        self.control.stop(math.inf)
+                        return
+                    try:
+                        result = await self.process(item)
+                    finally:
+                        self.budget.release(reservation)
+                if self.dedupe is not None:
+                    self._record_copies(self.dedupe.finish(item.request, result))
 
-    async def process(self, item: WorkItem) -> None:
+    def _record_copies(self, copies: list[RowResult]) -> None:
+        for copy in copies:
+            self.record(copy, [])
+            self.stats.add_result(copy)
+
+    async def process(self, item: WorkItem) -> RowResult | None:
         """Send one row until it succeeds, fails for good, or the run stops."""
         request = item.request
         attempts: list[Attempt] = []
@@ -145,7 +161,7 @@ class WorkerPool:
         try:
             completion = await self._send_with_retries(request, item.prior_attempts, attempts)
         except _Abandoned:
-            return  # every attempt made was journaled before its retry wait
+            return None  # every attempt made was journaled before its retry wait
         except ApiError as exc:
             result = self._failed(request, item.prior_attempts, attempts, exc)
             self.record(result, attempts[-1:])
@@ -153,7 +169,7 @@ class WorkerPool:
             if isinstance(exc, FatalApiError):
                 self.control.fatal = self.control.fatal or exc
                 self.control.stop(self.fatal_grace)
-            return
+            return result
         finally:
             self.stats.in_flight -= 1
         result = RowResult(
@@ -175,6 +191,7 @@ class WorkerPool:
         )
         self.record(result, attempts[-1:])
         self.stats.add_result(result)
+        return result
 
     async def _send_with_retries(
         self, request: Request, prior: int, attempts: list[Attempt]

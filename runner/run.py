@@ -31,6 +31,7 @@ from runner.backend import Backend, StreamBackend
 from runner.batch_session import open_batch_backend
 from runner.budget import check_budget, open_budget
 from runner.client import api_headers
+from runner.dedupe import Deduper, check_dedupe
 from runner.errors import RunnerError, UsageError
 from runner.inputs import InputReader, InvalidRowLog
 from runner.job import Job, Mode
@@ -159,6 +160,7 @@ def execute(job: Job, options: RunOptions) -> RunOutcome:
         bind_run(run_dir.name, job.name)
         check_model(prices, job.request.model, allow_retired=options.allow_retired)
         check_budget(job, prices)
+        check_dedupe(job)
         run_dir.mkdir(parents=True, exist_ok=True)
         with open_store(run_dir) as store:
             return _Session(job, options, store, reader, renderer, prices, api_key).run()
@@ -409,6 +411,7 @@ class _Session:
                     max_retry_after=job.retry.max_retry_after,
                     fatal_grace=min(job.retry.grace_period, 3.0),
                     budget=self.budget,
+                    dedupe=Deduper() if job.dedupe else None,
                 ),
                 job.limits.concurrency,
             )

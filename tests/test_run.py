@@ -32,6 +32,7 @@ CONTRACT = {
     "ttft_ms": pl.Float64,
     "latency_ms": pl.Float64,
     "served_model": pl.String,
+    "copy_of": pl.String,
 }
 
 
