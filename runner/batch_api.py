@@ -26,6 +26,7 @@ import httpx
 from runner.client import _http_error
 from runner.errors import ApiError, AttemptFacts, ConnectError, RetryableError, RunnerError
 from runner.models import Outcome
+from runner.provider import BATCHES_PATH
 
 T = TypeVar("T")
 
@@ -48,7 +49,7 @@ class BatchApi:
 
     def __init__(self, http: httpx.AsyncClient, base_url: str, headers: httpx.Headers) -> None:
         self._http = http
-        self._root = f"{base_url}/v1/messages/batches"
+        self._root = base_url + BATCHES_PATH
         self._headers = httpx.Headers(headers)
         self._headers["accept"] = "application/json"
 

@@ -24,10 +24,8 @@ from runner.errors import ApiError, AttemptFacts, FatalApiError
 from runner.models import Attempt, Outcome, RowResult, Status, Usage
 from runner.pool import RecordFn
 from runner.pricing import PriceTable
+from runner.provider import ItemVerdict, item_verdict
 from runner.stats import RunStats
-
-RETRIED_ERRORS = frozenset({"api_error", "overloaded_error", "rate_limit_error", "timeout_error"})
-FATAL_ERRORS = frozenset({"authentication_error", "permission_error", "billing_error"})
 
 
 class ItemSettler:
@@ -66,14 +64,15 @@ class ItemSettler:
             error_type, outcome = "unknown_result", Outcome.ERRORED
             message = f"unknown result type {kind!r}"
         attempt = self._attempt(item, batch_id, custom_id, outcome, error_type, message)
-        again = error_type in RETRIED_ERRORS or kind == "expired"
+        verdict = ItemVerdict.AGAIN if kind == "expired" else item_verdict(error_type)
+        again = verdict is ItemVerdict.AGAIN
         if again and attempt.number < self.max_attempts and self.spool is not None:
             self.record(None, [attempt])
             self.stats.add_attempt(attempt)
             self.spool.add(_resend(item, attempt.number))
             return
         self._failed(item, attempt, error_type, message, batch_id)
-        if error_type in FATAL_ERRORS and self.fatal is None:
+        if verdict is ItemVerdict.FATAL and self.fatal is None:
             facts = AttemptFacts(outcome=outcome, error_type=error_type, request_id=batch_id)
             self.fatal = FatalApiError(f"batch item {custom_id}: {error_type}: {message}", facts)
 
