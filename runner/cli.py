@@ -173,6 +173,7 @@ SETTING_FLAGS = {
     "limits.output_tokens_per_minute": "otpm",
     "limits.max_cost_usd": "max_cost",
     "dedupe": "dedupe",
+    "cache": "cache",
     "retry.max_attempts": "max_attempts",
     "retry.idle_timeout": "idle_timeout",
     "retry.grace_period": "grace_period",
@@ -196,6 +197,13 @@ def _flags(kwargs: dict[str, Any]) -> dict[str, Any]:
 )
 @click.option("--run-id", help="Run id; an existing one resumes. Default: a new timestamp id.")
 @click.option("--resume", is_flag=True, help="Resume the job's latest run.")
+@click.option(
+    "--cache",
+    type=click.Path(path_type=Path),
+    metavar="DIR",
+    help="Keep every ok answer in DIR by request fingerprint and reuse it (at $0) in later "
+    "runs of the same request; safe for runs sharing DIR. Default: the job's `cache`, else none.",
+)
 @click.option(
     "--dedupe",
     is_flag=True,
@@ -517,6 +525,38 @@ def demo(output_dir: Path, latency_ms: float, mode: str) -> None:
         _fail(exc)
     log.info("demo finished in %.1f s", time.monotonic() - started)
     _finish(outcome)
+
+
+@cli.group()
+def cache() -> None:
+    """The answer cache of `runner run --cache DIR`."""
+
+
+@cache.command("prune")
+@click.argument("directory", metavar="DIR", type=click.Path(path_type=Path))
+@click.option(
+    "--older-than",
+    metavar="AGE",
+    help="Drop answers not used for AGE (30d, 12h, 90m). Default: keep them.",
+)
+@click.option(
+    "--keep",
+    type=click.IntRange(min=0),
+    metavar="N",
+    help="Keep only the N most recently used answers. Default: no limit.",
+)
+def cache_prune(directory: Path, older_than: str | None, keep: int | None) -> None:
+    """Drop old answers from a cache folder, so it stays bounded."""
+    from runner.cache import parse_age, prune
+
+    try:
+        if older_than is None and keep is None:
+            raise UsageError("give --older-than AGE, --keep N, or both")
+        age = parse_age(older_than) if older_than is not None else None
+        dropped, kept = prune(directory, age, keep)
+    except RunnerError as exc:
+        _fail(exc)
+    click.echo(f"cache {directory}: dropped {dropped:,} answers, kept {kept:,}")
 
 
 def _register_mock_server() -> None:

@@ -69,6 +69,6 @@ class Deduper:
 
 
 def check_dedupe(job: Job) -> None:
-    """Message Batches send every row in one go: there is no leader to wait for."""
-    if job.dedupe and job.mode is Mode.BATCH:
-        raise UsageError("--dedupe works with --mode stream only")
+    """Message Batches send every row in one go: no leader to wait for, no cache to ask."""
+    if job.mode is Mode.BATCH and (job.dedupe or job.cache):
+        raise UsageError("--dedupe and --cache work with --mode stream only")

@@ -109,6 +109,8 @@ class Job:
     output_dir: Path = DEFAULT_OUTPUT_DIR
     # Send identical requests once and copy the answer to the other rows (at $0).
     dedupe: bool = False
+    # Keep every ok answer here by request fingerprint; reuse it in later runs at $0.
+    cache: Path | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready view of the job, for run.json."""
@@ -126,6 +128,7 @@ class Job:
             "retry": _as_dict(self.retry),
             "mode": str(self.mode),
             "dedupe": self.dedupe,
+            "cache": str(self.cache) if self.cache else None,
             "batch": _as_dict(self.batch),
         }
 
@@ -144,6 +147,7 @@ _TOP_KEYS = {
     "mode": str,
     "output_dir": str,
     "dedupe": bool,
+    "cache": str,
 }
 _SECTIONS: dict[str, type] = {
     "request": RequestSpec,
@@ -386,6 +390,7 @@ def resolve_job(job_file: Path | None, flags: dict[str, Any]) -> Job:
         mode=mode,
         output_dir=output_dir,
         dedupe=bool(settings.get("dedupe")),
+        cache=Path(settings["cache"]) if settings.get("cache") else None,
         **sections,
     )
     if not job.request.model:

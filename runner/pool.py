@@ -22,6 +22,7 @@ from tenacity import (
 )
 
 from runner.budget import Budget
+from runner.cache import AnswerCache
 from runner.client import Completion, stream_message
 from runner.dedupe import Deduper
 from runner.errors import ApiError, FatalApiError, HttpRetryableError, RetryableError
@@ -106,6 +107,7 @@ class WorkerPool:
         fatal_grace: float,
         budget: Budget | None = None,
         dedupe: Deduper | None = None,
+        cache: AnswerCache | None = None,
     ) -> None:
         self.http = http
         self.url = httpx.URL(url)
@@ -120,33 +122,44 @@ class WorkerPool:
         self.fatal_grace = fatal_grace
         self.budget = budget
         self.dedupe = dedupe
+        self.cache = cache
 
     async def worker(self, queue: ObjectReceiveStream[WorkItem]) -> None:
         """Take rows from the queue until it closes or the run stops."""
         async with queue:
             async for item in queue:
-                if self.control.stopping:
+                if self.control.stopping or not await self._handle(item):
                     return
-                lead = True if self.dedupe is None else self.dedupe.lead(item.request)
-                if isinstance(lead, RowResult):
-                    self._record_copies([lead])
-                    continue
-                if not lead:
-                    continue  # answered when its leader is
-                if self.budget is None:
-                    result = await self.process(item)
-                else:
-                    reservation = self.budget.admit(item.request)
-                    if reservation is None:
-                        # The cap is near: send nothing new, let what is in flight finish.
-                        self.control.stop(math.inf)
-                        return
-                    try:
-                        result = await self.process(item)
-                    finally:
-                        self.budget.release(reservation)
-                if self.dedupe is not None:
-                    self._record_copies(self.dedupe.finish(item.request, result))
+
+    async def _handle(self, item: WorkItem) -> bool:
+        """Answer one row: a copy (dedupe, cache) or a request; False once the budget stops."""
+        request = item.request
+        lead = True if self.dedupe is None else self.dedupe.lead(request)
+        if isinstance(lead, RowResult):
+            self._record_copies([lead])
+            return True
+        if not lead:
+            return True  # answered when its leader is
+        result = self.cache.answer(request) if self.cache is not None else None
+        if result is not None:
+            self._record_copies([result])
+        elif self.budget is None:
+            result = await self.process(item)
+        else:
+            reservation = self.budget.admit(request)
+            if reservation is None:
+                # The cap is near: send nothing new, let what is in flight finish.
+                self.control.stop(math.inf)
+                return False
+            try:
+                result = await self.process(item)
+            finally:
+                self.budget.release(reservation)
+        if self.cache is not None:
+            self.cache.keep(request, result)
+        if self.dedupe is not None:
+            self._record_copies(self.dedupe.finish(request, result))
+        return True
 
     def _record_copies(self, copies: list[RowResult]) -> None:
         for copy in copies:

@@ -323,6 +323,8 @@ def summary_fields(outcome: Any) -> dict[str, Any]:
     }
     if summary.get("batch"):
         fields["batch"] = summary["batch"]
+    if summary.get("cache"):
+        fields["cache"] = summary["cache"]
     if outcome.exit_code != 0:
         fields["most_common_error"] = most_common_error(stats)
         fields["resume_command"] = summary.get("resume_command")
@@ -339,6 +341,13 @@ def _of_input(f: dict[str, Any]) -> str:
     if f["input_rows"] is None:
         return "of ? input rows (the input was not read to its end)"
     return f"of {count(f['input_rows'])} input rows"
+
+
+def _cache_text(cache: dict[str, Any]) -> str:
+    return (
+        f"cache: reused {count(cache['reused'])} answers (saved {usd(cache['saved_usd'])}), "
+        f"stored {count(cache['stored'])}"
+    )
 
 
 def summary_lines(outcome: Any) -> list[str]:
@@ -362,6 +371,7 @@ def summary_lines(outcome: Any) -> list[str]:
         f"{count(tokens['cache_read_input_tokens'])} cache read",
         f"cost: {f['cost']} (retries: {usd(f['retry_cost_usd'])})",
         *([batch_text(f["batch"])] if f.get("batch") else []),
+        *([_cache_text(f["cache"])] if f.get("cache") else []),
         wall,
         f"report: {f['report']}",
     ]

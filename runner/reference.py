@@ -34,8 +34,9 @@ RESULT_COLUMNS = {
     "model": "The model asked for.",
     "served_model": "The model that answered (message_start's `message.model`); "
     "the row is priced by it.",
-    "copy_of": "With `--dedupe`: the id of the row whose answer this row copies "
-    "(an identical request, sent once); such a row has no tokens and costs $0.",
+    "copy_of": "The answer is a copy: with `--dedupe`, the id of the row whose identical "
+    "request was sent; with `--cache`, `cache:` and the request id that first got it. "
+    "Such a row has no tokens and costs $0.",
     "output_text": "The streamed text; null unless `ok`.",
     "stop_reason": "As the API reported it: `end_turn`, `max_tokens`, `stop_sequence`, "
     "`tool_use`, `pause_turn`, `refusal`, `model_context_window_exceeded`. Only "

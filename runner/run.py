@@ -30,6 +30,7 @@ from runner import __version__
 from runner.backend import Backend, StreamBackend
 from runner.batch_session import open_batch_backend
 from runner.budget import check_budget, open_budget
+from runner.cache import AnswerCache
 from runner.client import api_headers
 from runner.dedupe import Deduper, check_dedupe
 from runner.errors import RunnerError, UsageError
@@ -186,6 +187,7 @@ class _Session:
     def __post_init__(self) -> None:
         self.limiter = RateLimiter(self.job.limits)
         self.budget = open_budget(self.job, self.prices, self.store, self.stats)
+        self.cache = AnswerCache(self.job.cache) if self.job.cache else None
         self.invalid_log = InvalidRowLog(log, self.reader.name)
         self.earlier_input: dict[str, Any] = {}
 
@@ -238,6 +240,13 @@ class _Session:
         )
         if budget is not None:
             summary["budget"] = budget
+        if self.cache is not None:
+            use = self.cache.use
+            summary["cache"] = {
+                "reused": use.reused,
+                "saved_usd": round(use.saved_usd, 10),
+                "stored": use.stored,
+            }
         summary["limiter"] = self.limiter.snapshot()
         if self.seen.complete:
             run_info["input"] = self._input_read()
@@ -412,6 +421,7 @@ class _Session:
                     fatal_grace=min(job.retry.grace_period, 3.0),
                     budget=self.budget,
                     dedupe=Deduper() if job.dedupe else None,
+                    cache=self.cache,
                 ),
                 job.limits.concurrency,
             )
