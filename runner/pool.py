@@ -305,11 +305,8 @@ class WorkerPool:
             latency_ms=latency_ms,
             fingerprint=request.fingerprint,
             usage=usage,
-            cost_usd=(
-                self.prices.cost(served_model or request.model, usage)
-                if usage is not None
-                else None
-            ),
+            # No usage reported: the attempt failed before any token was billed ($0).
+            cost_usd=self.prices.cost(served_model or request.model, usage or Usage()),
             **details,
         )
         attempts.append(attempt)

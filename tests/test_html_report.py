@@ -15,7 +15,9 @@ import pytest
 from helpers import prompts, run_rows
 from PIL import Image
 
-from runner.html_report import CHARTS, _busy_integral, write_html_report
+from runner.errors import UsageError
+from runner.html_charts import CHARTS, Timeline, _busy_integral, compact
+from runner.html_report import write_html_report
 
 CHART_IDS = [f"chart-{key}" for key, *_ in CHARTS]
 CHROMIUM_FLAGS = [
@@ -112,6 +114,73 @@ def test_a_job_dir_gives_one_page_over_its_runs(tmp_path: Path, mock_api) -> Non
     page = out.read_text("utf-8")
     assert "runner report: job input" in page and "10 ok · 0 error" in page
     assert _parse(page).charts_with_svg == set(CHART_IDS)
+    # One line per run, and the two runs' time shown apart, not overlaid.
+    runs = page[page.index('<table id="runs">') :]
+    assert "<td>a</td><td>finished</td><td>0</td>" in runs
+    assert "<td>b</td><td>finished</td><td>0</td>" in runs
+    assert "not running" in page
+
+
+def test_the_top_answers_the_morning_question(tmp_path: Path, faulty_run: Path) -> None:
+    out = tmp_path / "report.html"
+    write_html_report(faulty_run, out)
+    page = out.read_text("utf-8")
+    headline = page[page.index('<dl id="headline">') : page.index("</dl>")]
+    for piece in (
+        "<dt>state</dt><dd>finished, exit 1</dd>",
+        "<dt>started</dt><dd>20",
+        "<dt>model</dt><dd>claude-sonnet-5-5</dd>",
+        "concurrency 16 · no rate limits given · max_tokens 64 · max attempts 8",
+        "39 ok · 1 error · 0 invalid of 40 input rows",
+        " usable of 39 ok",
+        " retries = $",
+        "<dt>resume</dt><dd>runner ",
+        "p50 ",
+    ):
+        assert piece in headline, piece
+    # The charts' percentiles are the headline's.
+    assert "p90 " in page and "p99 " in page and "p95 " not in page
+    # Thousands on axes are written out, never as a 1e6 offset.
+    assert not re.search(r">\s*1e[0-9]", page)
+    failed = page[page.index("<h2>Failed rows</h2>") :]
+    assert '<p id="failed-count">1 failed rows.</p>' in failed
+    assert "invalid_request_error" in failed and "<td>000007</td>" in failed
+
+
+def test_failed_rows_show_the_first_hundred_and_the_count(tmp_path: Path, mock_api) -> None:
+    rows = [{"id": f"{i:04d}", "prompt": f"bad {i} [[fault:400:all]]"} for i in range(130)]
+    outcome = run_rows(tmp_path, mock_api.base_url, rows)
+    out = tmp_path / "failed.html"
+    write_html_report(outcome.run_dir, out)
+    page = out.read_text("utf-8")
+    assert '<p id="failed-count">130 failed rows; the first 100 below.</p>' in page
+    table = page[page.index('<table id="failed-rows">') :]
+    assert table.count("<tr>") == 101 and "<td>0099</td>" in table and "<td>0100</td>" not in table
+
+
+def test_a_missing_directory_is_a_clear_error(tmp_path: Path, faulty_run: Path) -> None:
+    with pytest.raises(UsageError, match=r"no directory .*missing"):
+        write_html_report(faulty_run, tmp_path / "missing" / "x.html")
+    command = [sys.executable, "-m", "runner", "report", str(faulty_run), "--html"]
+    done = subprocess.run(
+        [*command, "/missing/dir/x.html"], capture_output=True, text=True, timeout=90
+    )
+    assert done.returncode == 2 and "internal error" not in done.stderr
+    assert "runner: error: /missing/dir/x.html: no directory /missing/dir" in done.stderr
+
+
+def test_the_timeline_leaves_gaps_out_and_draws_them() -> None:
+    timeline = Timeline([(1000.0, 1010.0), (1250.0, 1260.0)])
+    assert timeline.gaps == [(1010.0, 1250.0)]
+    gap = timeline.gap
+    assert gap == pytest.approx(0.04 * 20)
+    mapped = timeline(np.array([1000.0, 1005.0, 1250.0, 1259.0]))
+    np.testing.assert_allclose(mapped, [0.0, 5.0, 10.0 + gap, 19.0 + gap])
+    assert timeline.end == pytest.approx(20.0 + gap)
+
+
+def test_axis_labels_are_compact() -> None:
+    assert [compact(v) for v in (950, 12_000, 3_400_000, 0.5)] == ["950", "12k", "3.4M", "0.5"]
 
 
 def test_a_run_with_no_attempts_still_draws_every_chart(tmp_path: Path, mock_api) -> None:
