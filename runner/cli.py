@@ -12,12 +12,13 @@ from typing import Any
 import click
 
 from runner import __version__
+from runner.apikey import mask
 from runner.batch_session import cancel_run
 from runner.errors import RunnerError, UsageError
 from runner.export import FORMATS
 from runner.input_formats import format_names
 from runner.job import Mode, resolve_job
-from runner.logs import redact, setup_logging
+from runner.logs import setup_logging
 from runner.models import Status
 from runner.progress import DEFAULT_PLAIN_INTERVAL_S, make_progress, print_failure, print_summary
 from runner.run import RunOptions, RunOutcome, execute
@@ -29,7 +30,7 @@ DEMO_API_KEY = "demo-key-not-secret"
 
 def _fail(exc: RunnerError, log_format: str = "text", *, sends: bool = True) -> None:
     """Print the error and exit with its code; `sends` is False for commands that never send."""
-    print_failure(redact(str(exc)), exc.exit_code, log_format=log_format, sends=sends)
+    print_failure(mask(str(exc)), exc.exit_code, log_format=log_format, sends=sends)
     sys.exit(exc.exit_code)
 
 
@@ -60,7 +61,7 @@ def main() -> None:
         if _debug:
             raise
         click.echo(
-            f"runner: internal error: {type(exc).__name__}: {redact(str(exc))} "
+            f"runner: internal error: {type(exc).__name__}: {mask(str(exc))} "
             "(run `runner --debug ...` for the traceback)",
             err=True,
         )
@@ -111,6 +112,31 @@ def _run_options(func: Any) -> Any:
             "--idle-timeout",
             type=float,
             help="Seconds without a byte of the stream before it counts as stalled. Default: 60.",
+        ),
+        click.option(
+            "--attempt-timeout",
+            type=float,
+            help="Seconds one attempt may take in all, pings or not, before it is retried. "
+            "Default: 1800.",
+        ),
+        click.option(
+            "--max-event-bytes",
+            type=int,
+            help="Largest single stream event accepted; over it the row fails as "
+            "response_too_large. Default: 16 MiB.",
+        ),
+        click.option(
+            "--max-answer-bytes",
+            type=int,
+            help="Largest whole answer accepted; over it the row fails as response_too_large. "
+            "Default: 64 MiB.",
+        ),
+        click.option(
+            "--allow-insecure-http",
+            is_flag=True,
+            default=None,
+            help="Allow a plain http:// base URL on another host (the key crosses the network "
+            "unencrypted). Default: refused, except for loopback.",
         ),
         click.option(
             "--prices",
@@ -176,6 +202,10 @@ SETTING_FLAGS = {
     "cache": "cache",
     "retry.max_attempts": "max_attempts",
     "retry.idle_timeout": "idle_timeout",
+    "retry.attempt_timeout": "attempt_timeout",
+    "limits.max_event_bytes": "max_event_bytes",
+    "limits.max_answer_bytes": "max_answer_bytes",
+    "allow_insecure_http": "allow_insecure_http",
     "retry.grace_period": "grace_period",
     "mode": "mode",
     "batch.size": "batch_size",

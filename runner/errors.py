@@ -13,12 +13,17 @@
         │       ├── MidstreamError   an `error` event inside a 200 stream
         │       ├── DroppedError     the connection closed mid-stream
         │       ├── EofWithoutStop   a clean end with no `message_stop`
-        │       └── StalledError     no event for the idle timeout
+        │       ├── MalformedError   an answer not shaped as the API's (JSON, UTF-8, types)
+        │       ├── StalledError     no byte for the idle timeout
+        │       └── DeadlineError    the attempt outlived its total deadline
         ├── RejectedError            400, 404, 413, 422: recorded on the row, never retried
+        │   └── ModelNotFoundError   a 404 that names the request's model
+        ├── TooLargeError            an event or answer over its cap: recorded, never retried
         └── FatalApiError            401, 403, spend cap: the whole run stops (exit 3)
+            └── UnreachableError     no answer ever, only connection failures, for ~30 s
 
-Retry decisions are made on these types, never on message text. httpx and
-httpx-sse errors are translated into them in exactly one place (`client.py`).
+Retry decisions are made on these types, never on message text. httpx errors and
+answers of the wrong shape are translated into them in exactly one place (`client.py`).
 """
 
 from __future__ import annotations
@@ -107,15 +112,35 @@ class EofWithoutStop(StreamError):
     """The stream ended cleanly but never sent `message_stop`."""
 
 
+class MalformedError(StreamError):
+    """The answer is not shaped as the API's: invalid JSON or UTF-8, a null or mistyped field."""
+
+
 class StalledError(StreamError):
-    """No event arrived for the idle timeout."""
+    """No byte arrived for the idle timeout."""
+
+
+class DeadlineError(StreamError):
+    """The attempt was still running at its total deadline (a server pinging forever)."""
 
 
 class RejectedError(ApiError):
     """The API refused this request (400, 404, 413, 422): retrying cannot help."""
 
 
+class ModelNotFoundError(RejectedError):
+    """A 404 `not_found_error` that names the request's model: the model id is wrong or retired."""
+
+
+class TooLargeError(ApiError):
+    """One event or the whole answer exceeded its size cap; another attempt would too."""
+
+
 class FatalApiError(ApiError):
     """The API refused the credentials or the account (401, 403, spend cap): stop the run."""
 
     exit_code = 3
+
+
+class UnreachableError(FatalApiError):
+    """The endpoint never answered: only connection failures across the pool since the start."""

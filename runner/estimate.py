@@ -30,6 +30,7 @@ import httpx
 import polars as pl
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt
 
+from runner.apikey import check_endpoint
 from runner.client import api_headers, count_tokens
 from runner.errors import ApiError, RejectedError, RetryableError, UsageError
 from runner.inputs import InputReader
@@ -41,7 +42,7 @@ from runner.render import CHARS_PER_TOKEN, Renderer
 from runner.report import read_run_json
 from runner.run import RunOptions, execute, open_input
 from runner.store import RunStore
-from runner.transport import new_http_client
+from runner.transport import Bounds, new_http_client
 
 log = logging.getLogger("runner")
 
@@ -91,6 +92,8 @@ def estimate(job: Job, options: EstimateOptions) -> dict[str, Any]:
     api_key = options.api_key or os.environ.get("ANTHROPIC_API_KEY")
     if not api_key and (not options.offline or options.pilot):
         raise UsageError("no API key: set ANTHROPIC_API_KEY, or use --offline without --pilot")
+    if api_key:
+        check_endpoint(api_key, job.base_url, job.allow_insecure_http)
     renderer, reader = open_input(job)
     prices = PriceTable.load(job.prices, job.price_overrides or None)
     warnings = [
@@ -176,7 +179,7 @@ async def _count_all(
     url = httpx.URL(f"{job.base_url}/v1/messages/count_tokens")
     headers = api_headers(api_key)
     limiter = anyio.CapacityLimiter(options.count_concurrency)
-    async with new_http_client(options.count_concurrency, job.retry.idle_timeout) as http:
+    async with new_http_client(options.count_concurrency, Bounds.of(job)) as http:
 
         async def count(body: dict[str, Any]) -> int:
             retrying = AsyncRetrying(

@@ -23,6 +23,11 @@ from runner.render import parse_template
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
 DEFAULT_OUTPUT_DIR = Path("reports")
+# Generous bounds on one attempt: a 64k-token answer at 40 tokens/s takes under half an
+# hour, and one event (even a server tool's result) stays far below 16 MiB.
+DEFAULT_ATTEMPT_TIMEOUT_S = 1800.0
+DEFAULT_MAX_EVENT_BYTES = 16 * 1024 * 1024
+DEFAULT_MAX_ANSWER_BYTES = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +58,9 @@ class Limits:
     output_tokens_per_minute: int | None = None
     # Stop dispatching before spend plus the worst case in flight passes this (exit 5).
     max_cost_usd: float | None = None
+    # Memory per stream stays bounded: over either cap the attempt fails, not retried.
+    max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES
+    max_answer_bytes: int = DEFAULT_MAX_ANSWER_BYTES
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +69,7 @@ class RetrySpec:
 
     max_attempts: int = 8
     idle_timeout: float = 60.0
+    attempt_timeout: float = DEFAULT_ATTEMPT_TIMEOUT_S
     max_retry_after: float = 600.0
     grace_period: float = 10.0
 
@@ -111,6 +120,7 @@ class Job:
     dedupe: bool = False
     # Keep every ok answer here by request fingerprint; reuse it in later runs at $0.
     cache: Path | None = None
+    allow_insecure_http: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready view of the job, for run.json."""
@@ -123,6 +133,7 @@ class Job:
             "prices": str(self.prices) if self.prices else None,
             "job_file": str(self.job_file) if self.job_file else None,
             "output_dir": str(self.output_dir),
+            "allow_insecure_http": self.allow_insecure_http,
             "request": _as_dict(self.request),
             "limits": _as_dict(self.limits),
             "retry": _as_dict(self.retry),
@@ -144,6 +155,7 @@ _TOP_KEYS = {
     "id_column": str,
     "base_url": str,
     "prices": (str, dict),
+    "allow_insecure_http": bool,
     "mode": str,
     "output_dir": str,
     "dedupe": bool,
@@ -391,6 +403,7 @@ def resolve_job(job_file: Path | None, flags: dict[str, Any]) -> Job:
         output_dir=output_dir,
         dedupe=bool(settings.get("dedupe")),
         cache=Path(settings["cache"]) if settings.get("cache") else None,
+        allow_insecure_http=bool(settings.get("allow_insecure_http")),
         **sections,
     )
     if not job.request.model:
@@ -424,6 +437,13 @@ def _check_values(job: Job, origin: _Origins) -> None:
         # nan compares false with everything, so finiteness is checked on its own.
         ("retry.idle_timeout", not 0 < retry.idle_timeout < math.inf, "must be a positive number"),
         ("retry.grace_period", not 0 <= retry.grace_period < math.inf, "must be 0 or more"),
+        (
+            "retry.attempt_timeout",
+            not 0 < retry.attempt_timeout < math.inf,
+            "must be a positive number",
+        ),
+        ("limits.max_event_bytes", lim.max_event_bytes < 1024, "must be at least 1024"),
+        ("limits.max_answer_bytes", lim.max_answer_bytes < 1024, "must be at least 1024"),
         ("name", not _plain_name(job.name), "must be a plain name (it names a directory)"),
         ("id_column", job.id_column == "", "must name a column"),
         ("request.prompt_column", not req.prompt_column, "must name a column"),

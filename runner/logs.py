@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 from datetime import UTC, datetime
 from typing import Any, TextIO
+
+from runner.apikey import mask
 
 log = logging.getLogger("runner")
 
@@ -21,28 +22,21 @@ log = logging.getLogger("runner")
 _NO_RUN: dict[str, str | None] = {"run_id": None, "job": None}
 _context = dict(_NO_RUN)
 
-# A key shorter than this is a placeholder ("x", "test"): masking every occurrence of
-# it would mangle file names and messages instead of hiding a secret.
-_SHORTEST_SECRET = 8
-
-
-def redact(text: str) -> str:
-    """`text` with the API key masked: the last guard, should a message ever carry it."""
-    key = os.environ.get("ANTHROPIC_API_KEY") or ""
-    return text.replace(key, "***") if len(key) >= _SHORTEST_SECRET else text
-
 
 def iso_time(epoch: float) -> str:
     """An epoch time as ISO 8601 UTC to the second, the form every log line and report uses."""
     return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-class _Redact(logging.Filter):
-    """Replace the API key wherever it might appear in a log line."""
+class _Masking(logging.Formatter):
+    """Masks the API key in each whole formatted line, message and fields alike."""
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        record.msg, record.args = redact(record.getMessage()), None
-        return True
+    def __init__(self, inner: logging.Formatter) -> None:
+        super().__init__()
+        self._inner = inner
+
+    def format(self, record: logging.LogRecord) -> str:
+        return mask(self._inner.format(record))
 
 
 class _TextFormatter(logging.Formatter):
@@ -78,11 +72,10 @@ def setup_logging(
     """Log lines on stderr: `runner: ...` for people, JSON lines for log collectors."""
     stream = stream or sys.stderr
     handler = logging.StreamHandler(stream)
-    if log_format == "json":
-        handler.setFormatter(_JsonFormatter())
-    else:
-        handler.setFormatter(_TextFormatter(timestamps=not stream.isatty()))
-    handler.addFilter(_Redact())
+    inner = (
+        _JsonFormatter() if log_format == "json" else _TextFormatter(timestamps=not stream.isatty())
+    )
+    handler.setFormatter(_Masking(inner))
     log.handlers[:] = [handler]
     log.setLevel(logging.WARNING if quiet else logging.INFO)
     log.propagate = False

@@ -30,6 +30,8 @@ class Outcome(StrEnum):
     ERRORED = "errored"
     EXPIRED = "expired"
     CANCELED = "canceled"
+    MALFORMED = "malformed"
+    TOO_LARGE = "response_too_large"
 
 
 @dataclass(frozen=True, slots=True)

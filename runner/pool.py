@@ -25,7 +25,15 @@ from runner.budget import Budget
 from runner.cache import AnswerCache
 from runner.client import Completion, stream_message
 from runner.dedupe import Deduper
-from runner.errors import ApiError, FatalApiError, HttpRetryableError, RetryableError
+from runner.errors import (
+    ApiError,
+    ConnectError,
+    FatalApiError,
+    HttpRetryableError,
+    ModelNotFoundError,
+    RetryableError,
+    UnreachableError,
+)
 from runner.limiter import RateLimiter
 from runner.models import Attempt, Outcome, Request, RowResult, Status, Usage
 from runner.pricing import PriceTable
@@ -38,6 +46,9 @@ log = logging.getLogger("runner")
 _backoff = wait_exponential_jitter(multiplier=0.5, max=30.0, jitter=1.0)
 # Statuses whose retry-after pauses the whole pool, not only the worker that got it.
 _POOL_PAUSE_STATUSES = frozenset({429, 529})
+# While no request of the run was ever answered, connection failures (refused, DNS, TLS)
+# for this long mean a wrong URL or a network down, not bad luck: the run stops.
+UNREACHABLE_AFTER_S = 30.0
 
 RecordFn = Callable[[RowResult | None, list[Attempt]], None]
 
@@ -123,6 +134,9 @@ class WorkerPool:
         self.budget = budget
         self.dedupe = dedupe
         self.cache = cache
+        self.answered = False  # some response's headers arrived
+        self.succeeded = False  # some attempt returned a whole answer
+        self._unreachable_since: float | None = None
 
     async def worker(self, queue: ObjectReceiveStream[WorkItem]) -> None:
         """Take rows from the queue until it closes or the run stops."""
@@ -176,6 +190,13 @@ class WorkerPool:
         except _Abandoned:
             return None  # every attempt made was journaled before its retry wait
         except ApiError as exc:
+            stop = self._stops_the_run(request, exc)
+            if stop is not None:
+                # The run's fault, not the row's: the row stays untouched for the next run.
+                self.record(None, attempts[-1:])
+                self.control.fatal = self.control.fatal or stop
+                self.control.stop(self.fatal_grace)
+                return
             result = self._failed(request, item.prior_attempts, attempts, exc)
             self.record(result, attempts[-1:])
             self.stats.add_result(result)
@@ -206,9 +227,34 @@ class WorkerPool:
         self.stats.add_result(result)
         return result
 
+    def _stops_the_run(self, request: Request, exc: ApiError) -> FatalApiError | None:
+        """The fatal error when `exc` is about the whole run rather than this row."""
+        if isinstance(exc, FatalApiError):
+            return exc if isinstance(exc, UnreachableError) else None
+        if isinstance(exc, ModelNotFoundError) and not self.succeeded:
+            return FatalApiError(
+                f"model {request.model!r} not found at {self.url} ({exc.message}): check the "
+                "model id, it may be retired; no row was marked failed",
+                exc.facts,
+            )
+        if isinstance(exc, ConnectError) and not self.answered:
+            return self._unreachable(exc)
+        return None
+
+    def _unreachable(self, exc: ApiError) -> UnreachableError:
+        since = self._unreachable_since or time.monotonic()
+        return UnreachableError(
+            f"cannot reach {self.url}: {exc.message} (no answer to any request in "
+            f"{time.monotonic() - since:.0f} s); rows left untouched, fix the URL or the "
+            "network and run again",
+            exc.facts,
+        )
+
     async def _send_with_retries(
         self, request: Request, prior: int, attempts: list[Attempt]
     ) -> Completion:
+        retrying: list[str] = []  # why this row waits for its next attempt, if it does
+
         def wait(state: RetryCallState) -> float:
             exc = state.outcome.exception() if state.outcome else None
             delay = _backoff(state)
@@ -216,11 +262,18 @@ class WorkerPool:
             if retry_after is not None:
                 # The server knows best; a little jitter keeps the pool from waking as one.
                 delay = min(retry_after, self.max_retry_after) * (1 + 0.1 * random.random())
+            if isinstance(exc, ConnectError) and self._unreachable_since is not None:
+                # Never answered yet: try again by the time the run would give up.
+                left = self._unreachable_since + UNREACHABLE_AFTER_S - time.monotonic()
+                delay = min(delay, max(0.5, left + 0.5 * random.random()))
             if state.attempt_number < self.max_attempts:
                 attempts[-1] = replace(attempts[-1], wait_s=round(delay, 3))
+                reason = attempts[-1].error_type or str(attempts[-1].outcome)
+                self.stats.retrying[reason] += 1
+                retrying.append(reason)
             return delay
 
-        retrying = AsyncRetrying(
+        retrier = AsyncRetrying(
             stop=stop_after_attempt(self.max_attempts),
             wait=wait,
             retry=retry_if_exception_type(RetryableError),
@@ -231,11 +284,17 @@ class WorkerPool:
             sleep=anyio.sleep,
             reraise=True,
         )
-        async for attempt in retrying:
-            with attempt:
-                if self.control.stopping and attempts:
-                    raise _Abandoned
-                return await self._attempt(request, prior + len(attempts) + 1, attempts)
+        try:
+            async for attempt in retrier:
+                with attempt:
+                    while retrying:
+                        self.stats.retrying[retrying.pop()] -= 1
+                    if self.control.stopping and attempts:
+                        raise _Abandoned
+                    return await self._attempt(request, prior + len(attempts) + 1, attempts)
+        finally:
+            while retrying:
+                self.stats.retrying[retrying.pop()] -= 1
         raise AssertionError("unreachable: tenacity either returns or reraises")
 
     async def _attempt(self, request: Request, number: int, attempts: list[Attempt]) -> Completion:
@@ -244,13 +303,16 @@ class WorkerPool:
         started = time.perf_counter()
         try:
             completion = await stream_message(
-                self.http, self.url, self.headers, request, self.limiter.observe
+                self.http, self.url, self.headers, request, self._on_response
             )
         except ApiError as exc:
             facts = exc.facts
             self.limiter.settle(ticket, facts.usage)
             if isinstance(exc, HttpRetryableError) and facts.http_status in _POOL_PAUSE_STATUSES:
-                self.limiter.on_overloaded(facts.http_status, facts.retry_after_s)
+                retry_after = facts.retry_after_s
+                if retry_after is not None:
+                    retry_after = min(retry_after, self.max_retry_after)
+                self.limiter.on_overloaded(facts.http_status, retry_after)
             self._log_attempt(
                 attempts,
                 request,
@@ -265,12 +327,18 @@ class WorkerPool:
                 retry_after_s=facts.retry_after_s,
                 request_id=facts.request_id,
             )
+            if isinstance(exc, ConnectError) and not self.answered:
+                now = time.monotonic()
+                self._unreachable_since = self._unreachable_since or now
+                if now - self._unreachable_since >= UNREACHABLE_AFTER_S:
+                    raise self._unreachable(exc) from None
             raise
         except BaseException:
             # Cancelled mid-stream: give the ticket back; the attempt is lost in flight.
             self.limiter.settle(ticket, None)
             raise
         self.limiter.settle(ticket, completion.usage)
+        self.succeeded = True
         self._log_attempt(
             attempts,
             request,
@@ -284,6 +352,12 @@ class WorkerPool:
             request_id=completion.request_id,
         )
         return completion
+
+    def _on_response(self, response: httpx.Response) -> None:
+        """Response headers arrived: the endpoint is reachable, and they carry rate limits."""
+        self.answered = True
+        self._unreachable_since = None
+        self.limiter.observe(response)
 
     def _log_attempt(
         self,

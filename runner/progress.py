@@ -91,6 +91,8 @@ class Figures:
     concurrency: int | None
     waiting_on: str
     elapsed_s: float
+    # Rows waiting for another attempt, by why the last one failed: "12 (connect_error 12)".
+    retrying: str = "none"
 
 
 def _waiting_on(snapshot: dict[str, Any]) -> str:
@@ -141,6 +143,7 @@ def figures(stats: RunStats, snapshot: dict[str, Any], first: Sample, last: Samp
         concurrency=int(concurrency) if isinstance(concurrency, int | float) else None,
         waiting_on=_waiting_on(snapshot),
         elapsed_s=stats.elapsed,
+        retrying=_retrying(stats),
     )
 
 
@@ -148,6 +151,14 @@ def _budget(budget: Any) -> str:
     if budget is None:
         return ""
     return f" · ${budget.spent:,.4f} spent of the ${budget.cap:,.2f} cap"
+
+
+def _retrying(stats: RunStats) -> str:
+    reasons = [(why, n) for why, n in stats.retrying.most_common() if n > 0]
+    if not reasons:
+        return "none"
+    detail = ", ".join(f"{why} {n}" for why, n in reasons[:3])
+    return f"{sum(n for _, n in reasons)} ({detail})"
 
 
 def _duration(seconds: float | None) -> str:
@@ -174,7 +185,7 @@ def _parts(f: Figures) -> list[str]:
         f"{f.requests_per_s:.1f} req/s · in {f.input_tokens_per_s:,.0f} tok/s · "
         f"out {f.output_tokens_per_s:,.0f} tok/s",
         f"{cost_text(f.cost)}{projected}{f.budget}",
-        f"in flight {f.in_flight}{limit} · waiting on {f.waiting_on}",
+        f"in flight {f.in_flight}{limit} · waiting on {f.waiting_on} · retrying {f.retrying}",
     ]
 
 

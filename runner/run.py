@@ -27,6 +27,7 @@ import anyio
 import polars as pl
 
 from runner import __version__
+from runner.apikey import check_endpoint
 from runner.backend import Backend, StreamBackend
 from runner.batch_session import open_batch_backend
 from runner.budget import check_budget, open_budget
@@ -49,7 +50,7 @@ from runner.resume import DoneRows, batches, rows_key
 from runner.stats import RunStats
 from runner.store import RunStore, open_store
 from runner.summary import status_counts, summarize
-from runner.transport import new_http_client
+from runner.transport import Bounds, new_http_client
 
 log = logging.getLogger("runner")
 
@@ -154,6 +155,7 @@ def execute(job: Job, options: RunOptions) -> RunOutcome:
     api_key = options.api_key or os.environ.get("ANTHROPIC_API_KEY")
     if not api_key:
         raise UsageError("no API key: set ANTHROPIC_API_KEY (runner demo needs none)")
+    check_endpoint(api_key, job.base_url, job.allow_insecure_http)
     renderer, reader = open_input(job)
     try:
         prices = PriceTable.load(job.prices, job.price_overrides or None)
@@ -405,7 +407,7 @@ class _Session:
             ) as batch_backend:
                 yield batch_backend
             return
-        async with new_http_client(job.limits.concurrency, job.retry.idle_timeout) as http:
+        async with new_http_client(job.limits.concurrency, Bounds.of(job)) as http:
             yield StreamBackend(
                 WorkerPool(
                     http,
@@ -498,7 +500,7 @@ async def _watch_signals(control: StopControl, grace: float) -> None:
 
 def _versions() -> dict[str, str]:
     """What produced this run, for run.json."""
-    libraries = ("anyio", "httpx", "httpx-sse", "polars", "tenacity")
+    libraries = ("anyio", "httpx", "polars", "tenacity")
     return {
         "runner": __version__,
         "python": platform.python_version(),

@@ -27,6 +27,8 @@ class RunStats:
     # The run's --max-cost budget (runner.budget.Budget), shown by the display; None without one.
     budget: Any = None
     in_flight: int = 0
+    # Rows waiting for their next attempt, by why the last one failed.
+    retrying: Counter[str] = field(default_factory=Counter)
     started: float = field(default_factory=time.monotonic)
     ended: float | None = None
 

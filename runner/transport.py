@@ -3,10 +3,41 @@
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
 from typing import Any
 
+import anyio
 import httpx
+
+from runner.job import (
+    DEFAULT_ATTEMPT_TIMEOUT_S,
+    DEFAULT_MAX_ANSWER_BYTES,
+    DEFAULT_MAX_EVENT_BYTES,
+    Job,
+)
+from runner.watchdog import Watchdog
+
+
+@dataclass(frozen=True, slots=True)
+class Bounds:
+    """How long and how large one attempt may get before it is ended."""
+
+    idle_timeout: float = 60.0
+    attempt_timeout: float = DEFAULT_ATTEMPT_TIMEOUT_S
+    max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES
+    max_answer_bytes: int = DEFAULT_MAX_ANSWER_BYTES
+
+    @classmethod
+    def of(cls, job: Job) -> Bounds:
+        """The bounds a job sets in `[retry]` and `[limits]`."""
+        return cls(
+            idle_timeout=job.retry.idle_timeout,
+            attempt_timeout=job.retry.attempt_timeout,
+            max_event_bytes=job.limits.max_event_bytes,
+            max_answer_bytes=job.limits.max_answer_bytes,
+        )
 
 
 class ApiClient:
@@ -18,36 +49,55 @@ class ApiClient:
     takes a key header. Cookies are therefore not kept, as no Anthropic endpoint sets any.
     """
 
-    def __init__(self, transport: httpx.AsyncBaseTransport, idle_timeout: float) -> None:
+    def __init__(self, transport: httpx.AsyncBaseTransport, bounds: Bounds) -> None:
         self._transport = transport
-        # httpx's read timeout applies to each read, so it is exactly an idle timeout
-        # between bytes of the stream (pings count as activity), never a total one.
-        timeout = httpx.Timeout(connect=30.0, read=idle_timeout, write=60.0, pool=None)
+        self.bounds = bounds
+        # The idle and total timeouts are the watchdog's, not httpx's read timeout: a
+        # per-read timer would throw away answers waiting in the socket after a pause.
+        self.watchdog = Watchdog(bounds.idle_timeout, bounds.attempt_timeout)
+        timeout = httpx.Timeout(connect=30.0, read=None, write=60.0, pool=None)
         self._extensions = {"timeout": timeout.as_dict()}
+        self._exit_stack = AsyncExitStack()
 
-    async def send(self, url: httpx.URL, headers: httpx.Headers, body: bytes) -> httpx.Response:
-        """POST `body`; the response's headers have arrived, its body is still to be read."""
+    async def send(
+        self,
+        url: httpx.URL,
+        headers: httpx.Headers,
+        body: bytes,
+        on_sent: Callable[[], None] | None = None,
+    ) -> httpx.Response:
+        """POST `body`; the response's headers have arrived, its body is still to be read.
+
+        `on_sent` is called once the whole body is written: the server's time starts then.
+        """
         request = httpx.Request(
             "POST", url, headers=headers, content=body, extensions=self._extensions
         )
+        # Host and content-length are set from `content`; only the stream is swapped.
+        request.stream = _Body(body, on_sent)
         response = await self._transport.handle_async_request(request)
         response.request = request
         return response
 
     async def __aenter__(self) -> ApiClient:
+        """Start the watchdog; leaving closes every connection."""
+        self._exit_stack.push_async_callback(self._transport.aclose)
+        watching = await self._exit_stack.enter_async_context(anyio.create_task_group())
+        watching.start_soon(self.watchdog.run)
+        self._exit_stack.callback(watching.cancel_scope.cancel)
         return self
 
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self._transport.aclose()
+    async def __aexit__(self, *exc_info: Any) -> bool | None:
+        return await self._exit_stack.__aexit__(*exc_info)
 
 
-def new_http_client(concurrency: int, idle_timeout: float) -> ApiClient:
+def new_http_client(concurrency: int, bounds: Bounds) -> ApiClient:
     """One client for the run, with a connection pool that fits the concurrency."""
     if any(os.environ.get(name) for name in _PROXY_VARIABLES):
         # httpx honours proxy variables (and NO_PROXY) only in its own client.
         limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-        return ApiClient(_ThroughClient(httpx.AsyncClient(limits=limits)), idle_timeout)
-    return ApiClient(ShardedTransport(concurrency), idle_timeout)
+        return ApiClient(_ThroughClient(httpx.AsyncClient(limits=limits)), bounds)
+    return ApiClient(ShardedTransport(concurrency), bounds)
 
 
 _PROXY_VARIABLES = tuple(
@@ -108,6 +158,21 @@ class ShardedTransport(httpx.AsyncBaseTransport):
         """Close every shard's connections."""
         for shard in self._shards:
             await shard.aclose()
+
+
+class _Body(httpx.AsyncByteStream):
+    """A request body that says when it has been written (httpcore asks for more then)."""
+
+    __slots__ = ("_body", "_on_sent")
+
+    def __init__(self, body: bytes, on_sent: Callable[[], None] | None) -> None:
+        self._body = body
+        self._on_sent = on_sent
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        yield self._body
+        if self._on_sent is not None:
+            self._on_sent()
 
 
 class _Releasing(httpx.AsyncByteStream):

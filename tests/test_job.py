@@ -39,7 +39,8 @@ def job_error(tmp_path: Path, text: str | bytes, flags: dict[str, Any] | None = 
         (
             "zzz = 1\n",
             "unknown key 'zzz' (valid keys: name, input, input_format, id_column, base_url, "
-            "prices, mode, output_dir, dedupe, cache, request, limits, retry, batch)",
+            "prices, allow_insecure_http, mode, output_dir, dedupe, cache, request, limits, "
+            "retry, batch)",
         ),
         ("request = 5\n", "[request] must be a table"),
     ],

@@ -19,7 +19,7 @@ from runner.client import api_headers, stream_message
 from runner.models import Request
 from runner.pricing import PriceTable
 from runner.report import active_seconds, build_report, format_report
-from runner.transport import new_http_client
+from runner.transport import Bounds, new_http_client
 
 # Prices chosen so each component is visible on its own in a cost (USD per million tokens).
 PRICES = """
@@ -100,7 +100,7 @@ def test_a_one_hour_cache_write_is_priced_at_the_one_hour_rate(mock_api, price_f
     request = Request("r", 1, "claude-sonnet-5-5", json.dumps(body).encode(), "f", 10, 50)
 
     async def send() -> object:
-        async with new_http_client(1, idle_timeout=10) as http:
+        async with new_http_client(1, Bounds(idle_timeout=10)) as http:
             url = httpx.URL(f"{mock_api.base_url}/v1/messages")
             return await stream_message(http, url, api_headers(TEST_KEY), request)
 

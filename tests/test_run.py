@@ -158,14 +158,15 @@ def test_demo_runs_as_a_subprocess(tmp_path: Path) -> None:
     assert results.height == 240 and set(results["status"]) == {"ok"}
 
 
-def test_connection_refused_is_an_error_row_not_a_crash(tmp_path: Path) -> None:
+def test_connection_refused_stops_the_run_and_leaves_rows_untouched(tmp_path: Path) -> None:
     with serve_in_thread(MockConfig()) as server:
         url = server.base_url
     outcome = run_rows(tmp_path, url, prompts(2), **{"retry.max_attempts": 2})
-    assert outcome.exit_code == 1
-    results = results_of(outcome.run_dir)
-    assert set(results["status"]) == {"error"}
-    assert set(results["error_type"]) == {"connect_error"}
+    # Never answered: the URL or the network is wrong, not the rows (issue 14).
+    assert outcome.exit_code == 3
+    assert url in outcome.message and "ConnectError" in outcome.message
+    assert not list((outcome.run_dir / "results").glob("*.parquet"))
+    assert set(attempts_of(outcome.run_dir)["outcome"]) == {"connect_error"}
 
 
 def test_utf8_and_lines_split_across_reads(tmp_path: Path) -> None:
@@ -185,7 +186,7 @@ def test_proxy_variables_route_requests_through_the_proxy(
     # so rows for a host that does not resolve come back ok only if they went through it.
     monkeypatch.setenv("HTTP_PROXY", mock_api.base_url)
     rows = prompts(5, prefix="proxied")
-    outcome = run_rows(tmp_path, "http://api.example.invalid", rows)
+    outcome = run_rows(tmp_path, "http://api.example.invalid", rows, allow_insecure_http=True)
     assert outcome.exit_code == 0
     assert mock_api.record.totals()["requests"] == 5
 

@@ -28,8 +28,13 @@ async def start_server(
     config: MockConfig, record: MockRecord, host: str, port: int
 ) -> tuple[web.AppRunner, str]:
     """Bind the mock API and return its runner and base URL (port 0 picks a free port)."""
+    return await start_app(create_app(config, record), host, port)
+
+
+async def start_app(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, str]:
+    """Bind any aiohttp application (the mock, or a test's server) and return its base URL."""
     runner = web.AppRunner(
-        create_app(config, record),
+        app,
         # Stop a handler when its client goes away, so a stall ends with its client.
         handler_cancellation=True,
         shutdown_timeout=SHUTDOWN_TIMEOUT_S,
@@ -70,13 +75,22 @@ def serve_in_thread(
     """Run the mock API in a background thread with its own event loop until the block ends."""
     config = config or MockConfig()
     record = MockRecord()
+    with serve_app_in_thread(create_app(config, record), host, port) as base_url:
+        yield MockServer(base_url, record, config)
+
+
+@contextmanager
+def serve_app_in_thread(
+    app: web.Application, host: str = "127.0.0.1", port: int = 0
+) -> Iterator[str]:
+    """Serve `app` from a background thread with its own event loop; yields its base URL."""
     loop = asyncio.new_event_loop()
     started: dict[str, object] = {}
     ready = threading.Event()
 
     async def start() -> None:
         try:
-            started["runner"], started["url"] = await start_server(config, record, host, port)
+            started["runner"], started["url"] = await start_app(app, host, port)
         except Exception as exc:  # re-raised in the calling thread below
             started["error"] = exc
         finally:
@@ -94,7 +108,7 @@ def serve_in_thread(
             raise TimeoutError("the mock API did not start in time")
         if "error" in started:
             raise started["error"]  # type: ignore[misc]
-        yield MockServer(str(started["url"]), record, config)
+        yield str(started["url"])
     finally:
         runner = started.get("runner")
         if isinstance(runner, web.AppRunner):
