@@ -39,6 +39,7 @@ from runner.models import Outcome, Request
 from runner.reading import AnswerReader, BadAnswer, Completion, error_body
 from runner.sse import EventNotText, EventTooLarge, SseDecoder
 from runner.transport import ApiClient, Bounds
+from runner.watchdog import Watch
 
 __all__ = ["Completion", "api_headers", "count_tokens", "parse_retry_after", "stream_message"]
 
@@ -116,17 +117,21 @@ def _content_type(response: httpx.Response) -> str:
     return response.headers.get("content-type", "").partition(";")[0].strip().lower()
 
 
-async def _read_capped(response: httpx.Response, watch: Any, limit: int) -> bytes:
-    """The whole body, or TooLarge past `limit` bytes."""
+async def _read_capped(
+    response: httpx.Response, watch: Watch, limit: int, *, truncate: bool = False
+) -> bytes:
+    """The whole body; past `limit` bytes its start if `truncate`, else _AnswerTooLarge."""
     chunks: list[bytes] = []
     size = 0
     async for chunk in response.aiter_bytes():
         watch.touch()
         size += len(chunk)
-        if size > limit:
-            raise _AnswerTooLarge(f"the answer exceeds {limit} bytes")
         chunks.append(chunk)
-    return b"".join(chunks)
+        if size > limit:
+            if truncate:
+                break
+            raise _AnswerTooLarge(f"the answer exceeds {limit} bytes")
+    return b"".join(chunks)[: limit if truncate else None]
 
 
 class _AnswerTooLarge(ValueError):
@@ -134,11 +139,10 @@ class _AnswerTooLarge(ValueError):
 
 
 async def _read_events(
-    response: httpx.Response, watch: Any, reading: AnswerReader, bounds: Bounds
-) -> Completion | None:
-    """Read the event stream to its end; the Completion if it reached `message_stop`."""
+    response: httpx.Response, watch: Watch, reading: AnswerReader, bounds: Bounds
+) -> None:
+    """Read the event stream to its end; `reading.completed` says if it reached `message_stop`."""
     decoder = SseDecoder(bounds.max_event_bytes)
-    completion: Completion | None = None
     size = 0
     try:
         async for chunk in response.aiter_bytes():
@@ -149,15 +153,14 @@ async def _read_events(
             for kind, data in decoder.feed(chunk):
                 # After message_stop the rest of the body is still read: httpcore returns a
                 # connection to its pool only once the response is complete, else it closes it.
-                if completion is None:
-                    completion = reading.on_event(kind, data)
+                if reading.completed is None:
+                    reading.on_event(kind, data)
         for kind, data in decoder.flush():
-            if completion is None:
-                completion = reading.on_event(kind, data)
+            if reading.completed is None:
+                reading.on_event(kind, data)
     except (httpx.TransportError, ValueError):
-        if completion is None:
+        if reading.completed is None:
             raise
-    return completion
 
 
 async def stream_message(
@@ -170,7 +173,6 @@ async def stream_message(
     """Send one request and read its answer to the end, or raise an ApiError."""
     reading = AnswerReader(time.perf_counter())
     got_headers = False
-    completion: Completion | None = None
     with http.watchdog.watch() as watch:
         try:
             response = await http.send(url, headers, request.body, watch.touch)
@@ -180,15 +182,16 @@ async def stream_message(
                 reading.request_id = _request_id(response)
                 if on_response is not None:
                     on_response(response)
-                limit = http.bounds.max_answer_bytes
                 if response.status_code != 200:
-                    body = await _read_capped(response, watch, min(limit, 1 << 20))
+                    # An error page can be any size; its first 64 KiB say what it is.
+                    body = await _read_capped(response, watch, 1 << 16, truncate=True)
                     raise _http_error(response, body.decode("utf-8", "replace"), request.model)
                 content_type = _content_type(response)
                 if content_type == "application/json":
-                    completion = reading.on_message(await _read_capped(response, watch, limit))
+                    limit = http.bounds.max_answer_bytes
+                    reading.on_message(await _read_capped(response, watch, limit))
                 elif content_type in ("text/event-stream", ""):
-                    completion = await _read_events(response, watch, reading, http.bounds)
+                    await _read_events(response, watch, reading, http.bounds)
                 else:
                     raise BadAnswer(f"the answer is {content_type[:100]}, not an event stream")
         except ApiError:
@@ -221,10 +224,10 @@ async def stream_message(
             raise DroppedError(
                 f"stream broken: {cause}", reading.facts(Outcome.DROPPED, "dropped")
             ) from None
+    if reading.completed is not None:
+        return reading.completed  # only the end of an already complete body was slow
     if watch.expired is not None:
         raise _expired(watch.expired, got_headers, reading, http.bounds)
-    if completion is not None:
-        return completion
     raise EofWithoutStop(
         "stream ended without message_stop",
         reading.facts(Outcome.EOF_WITHOUT_STOP, "eof_without_stop"),
@@ -264,8 +267,8 @@ async def count_tokens(
         try:
             response = await http.send(url, json_headers, json.dumps(body).encode(), watch.touch)
             async with aclosing(response):
-                content = await _read_capped(response, watch, 1 << 20)
-        except (httpx.TimeoutException, _AnswerTooLarge) as exc:
+                content = await _read_capped(response, watch, 1 << 16, truncate=True)
+        except httpx.TimeoutException as exc:
             raise ConnectError(
                 f"count_tokens: no usable answer ({type(exc).__name__})",
                 AttemptFacts(outcome=Outcome.TIMEOUT, error_type="timeout"),

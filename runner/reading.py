@@ -145,6 +145,7 @@ class AnswerReader:
     """What one attempt's answer has said so far, and what each event adds to it."""
 
     __slots__ = (
+        "completed",
         "request_id",
         "served_model",
         "started",
@@ -156,6 +157,7 @@ class AnswerReader:
 
     def __init__(self, started: float) -> None:
         self.started = started
+        self.completed: Completion | None = None  # set once the answer has ended
         self.served_model: str | None = None
         self.text: list[str] = []
         self.tracker = _UsageTracker()
@@ -220,8 +222,8 @@ class AnswerReader:
         return self.completion()
 
     def completion(self) -> Completion:
-        """The answer as it stands, complete."""
-        return Completion(
+        """The answer as it stands, complete; kept in `completed`."""
+        self.completed = Completion(
             text=mask("".join(self.text)),
             stop_reason=mask_optional(self.stop_reason),
             usage=self.tracker.usage(),
@@ -230,6 +232,7 @@ class AnswerReader:
             latency_ms=(time.perf_counter() - self.started) * 1000.0,
             served_model=self.served_model,
         )
+        return self.completed
 
     def _served_by(self, message: dict[str, Any]) -> None:
         model = message.get("model")

@@ -230,6 +230,7 @@ BEHAVIOURS: dict[str, Behaviour] = {
             {"request-id": f"req_{h.key}"},
         )
     ),
+    "echo_401": _fixed(lambda h: _error(401, "authentication_error", f"invalid x-api-key {h.key}")),
     "model_404": _fixed(lambda h: _error(404, "not_found_error", f"model: {h.model}")),
     "other_404": _fixed(
         lambda h: _error(404, "not_found_error", "The requested resource could not be found.")
@@ -268,8 +269,15 @@ def _app(server: HostileServer) -> web.Application:
         hit = Hit(request, request.headers.get("x-api-key", ""), body.get("model", ""))
         return await BEHAVIOURS[name](hit)
 
+    async def count_tokens(request: web.Request) -> web.StreamResponse:
+        key = request.headers.get("x-api-key", "")
+        return _error(
+            400, "invalid_request_error", f"cannot count for {key}", **{"request-id": key}
+        )
+
     app = web.Application()
     app.router.add_post("/v1/messages", messages)
+    app.router.add_post("/v1/messages/count_tokens", count_tokens)
     return app
 
 

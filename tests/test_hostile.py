@@ -136,6 +136,17 @@ def test_an_echoed_key_reaches_no_output(tmp_path: Path) -> None:
             proc = runner(*args)
             assert proc.returncode == 0, proc.stderr.decode()
             outputs += [proc.stdout, proc.stderr]
+        # A fatal answer's stop line, and estimate's count_tokens errors.
+        (tmp_path / "fatal").mkdir()
+        proc, _ = run_kinds(tmp_path / "fatal", server.base_url, ["echo_401"])
+        assert proc.returncode == 3, proc.stderr.decode()
+        outputs += [proc.stdout, proc.stderr]
+        proc = runner(
+            "estimate", "--input", str(tmp_path / "fatal" / "input.jsonl"), "--model",
+            "claude-sonnet-4-5", "--base-url", server.base_url,
+        )  # fmt: skip
+        assert b"cannot count for ***" in proc.stdout + proc.stderr
+        outputs += [proc.stdout, proc.stderr]
     files = [p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()]
     assert len(files) > 10
     leaks = [chunk for chunk in (*outputs, *files) if TEST_KEY.encode() in chunk]
