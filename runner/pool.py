@@ -196,7 +196,7 @@ class WorkerPool:
                 self.record(None, attempts[-1:])
                 self.control.fatal = self.control.fatal or stop
                 self.control.stop(self.fatal_grace)
-                return
+                return None
             result = self._failed(request, item.prior_attempts, attempts, exc)
             self.record(result, attempts[-1:])
             self.stats.add_result(result)
