@@ -77,6 +77,8 @@ class Figures:
 
     rows_done: int
     total_rows: int | None
+    # Rows already ok in earlier sessions: counted in rows and ok, not in the dollars.
+    skipped: int
     ok: int
     error: int
     invalid: int
@@ -130,7 +132,8 @@ def figures(stats: RunStats, snapshot: dict[str, Any], first: Sample, last: Samp
     return Figures(
         rows_done=rows_done,
         total_rows=total,
-        ok=stats.statuses["ok"],
+        skipped=stats.skipped,
+        ok=stats.statuses["ok"] + stats.skipped,
         error=stats.statuses["error"],
         invalid=stats.statuses["invalid"],
         requests_per_s=rate(first.requests, last.requests),
@@ -177,12 +180,19 @@ def _count(f: Figures) -> str:
 
 
 def _parts(f: Figures) -> list[str]:
-    """The line's pieces, shared by the plain line and the live display."""
+    """The line's pieces, shared by the plain line and the live display.
+
+    Rows count the whole run (rows ok in earlier sessions included); rates and dollars
+    are this session's, and say so once earlier sessions exist.
+    """
     projected = f" of ~${f.projected_cost_usd:.4f}" if f.projected_cost_usd is not None else ""
+    if f.skipped:
+        projected += " this session"
     limit = f"/{f.concurrency}" if f.concurrency is not None else ""
+    earlier = f" ({f.skipped:,} from earlier sessions)" if f.skipped else ""
     return [
         f"{_count(f)}, ETA {_duration(f.eta_s)}",
-        f"ok {f.ok:,} · error {f.error:,} · invalid {f.invalid:,}",
+        f"ok {f.ok:,}{earlier} · error {f.error:,} · invalid {f.invalid:,}",
         f"{f.requests_per_s:.1f} req/s · in {f.input_tokens_per_s:,.0f} tok/s · "
         f"out {f.output_tokens_per_s:,.0f} tok/s",
         f"{cost_text(f.cost)}{projected}{f.budget}",
@@ -331,6 +341,7 @@ def summary_fields(outcome: Any) -> dict[str, Any]:
         "sessions": whole["sessions"],
         "rows_done": session["rows_done"],
         "rows_skipped": session["rows_skipped"],
+        "session_cost_usd": round(stats.cost_usd, 6),
         "report": str(outcome.run_dir),
     }
     if summary.get("batch"):
@@ -381,7 +392,8 @@ def summary_lines(outcome: Any) -> list[str]:
         f"tokens: {count(tokens['input_tokens'])} input, {count(tokens['output_tokens'])} output, "
         f"{count(tokens['cache_creation_input_tokens'])} cache write, "
         f"{count(tokens['cache_read_input_tokens'])} cache read",
-        f"cost: {f['cost']} (retries: {usd(f['retry_cost_usd'])})",
+        f"cost: {f['cost']} (retries: {usd(f['retry_cost_usd'])})"
+        + (f"; this session {usd(f['session_cost_usd'])}" if f["sessions"] > 1 else ""),
         *([batch_text(f["batch"])] if f.get("batch") else []),
         *([_cache_text(f["cache"])] if f.get("cache") else []),
         wall,

@@ -39,7 +39,8 @@ def test_figures_rates_eta_and_projected_cost() -> None:
     first = Sample(at=10.0, rows=100, requests=120, input_tokens=1000, output_tokens=500)
     last = Sample(at=20.0, rows=200, requests=260, input_tokens=6000, output_tokens=2500)
     f = figures(stats, {"concurrency": 32, "in_flight": 7, "waiting_on": "itpm"}, first, last)
-    assert (f.rows_done, f.ok, f.error, f.invalid) == (250, 180, 15, 5)
+    # Rows count the whole run: the 50 rows ok in earlier sessions are ok rows too.
+    assert (f.rows_done, f.ok, f.error, f.invalid) == (250, 230, 15, 5)
     assert (f.requests_per_s, f.input_tokens_per_s, f.output_tokens_per_s) == (14.0, 500.0, 200.0)
     assert f.eta_s == 75.0  # 750 rows left at 10 rows/s
     assert f.projected_cost_usd == pytest.approx(2.0 + 2.0 / 200 * 750)
@@ -49,7 +50,8 @@ def test_figures_rates_eta_and_projected_cost() -> None:
         "250/1,000 rows (25%)",
         "ETA 1:15",
         "14.0 req/s",
-        "of ~$9.5000",
+        "ok 230 (50 from earlier sessions)",
+        "of ~$9.5000 this session",  # the dollars are this session's, and say so
         "in flight 7/32",
     ):
         assert piece in line
