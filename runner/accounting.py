@@ -43,21 +43,25 @@ class RunReader:
         self._journal = self._store.journal_records()
 
     def results(self, columns: tuple[str, ...] = ACCOUNT_COLUMNS) -> pl.LazyFrame:
-        """One row per input line (only `columns`, and `line`): its latest outcome."""
+        """One row per row key (only `columns`, `key` and `line`): its latest outcome.
+
+        A row no longer in the input has a null `line`.
+        """
         journaled, _ = self._journal
         present = self._result_columns()
         wanted = [name for name in columns if name in present]
-        parts = self._store.scan_results(with_state=True, columns=wanted).select(*wanted, "line")
+        state = ["key", "line"]
+        parts = self._store.scan_results(with_state=True, columns=wanted).select(*wanted, *state)
         if not journaled:
             return parts
         recent = (
-            records_frame(journaled, RESULT_SCHEMA | STATE_SCHEMA).lazy().select(*wanted, "line")
+            records_frame(journaled, RESULT_SCHEMA | STATE_SCHEMA).lazy().select(*wanted, *state)
         )
-        # The journal is newer than every part: its version of a line wins.
+        # The journal is newer than every part: its version of a row (its key) wins.
         return (
             pl.concat([parts, recent], how="diagonal_relaxed")
-            .unique(subset=["line"], keep="last", maintain_order=True)
-            .sort("line")
+            .unique(subset=["key"], keep="last", maintain_order=True)
+            .sort("line", nulls_last=True, maintain_order=True)
         )
 
     def _result_columns(self) -> set[str]:

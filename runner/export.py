@@ -81,7 +81,8 @@ def export_run(
     kind, _ = find_runs(run_dir)
     if kind != "run":
         raise UsageError(f"{run_dir}: a job dir; export takes one run dir (reports/JOB/RUN_ID)")
-    results = RunStore(run_dir).read_results(with_state=True)
+    # Rows no longer in the input (a null line) have no input row to join to.
+    results = RunStore(run_dir).read_results(with_state=True).filter(pl.col("line").is_not_null())
     if status is not None:
         results = results.filter(pl.col("status") == status)
     if usable:

@@ -63,6 +63,17 @@ class Request:
     fingerprint: str
     estimated_input_tokens: int
     max_tokens: int
+    # Set by resume.py when the input has no id column: fingerprint and occurrence number.
+    key: str = ""
+
+    @property
+    def identity(self) -> str:
+        """What makes the row "already done" across sessions (README: row identity).
+
+        The id when the input has an id column, else the request fingerprint with an
+        occurrence number, so identical rows without ids each run once. Never the line.
+        """
+        return self.key or self.row_id
 
 
 # The four token counts of a usage, as the API and the results table name them.
@@ -116,6 +127,7 @@ class Attempt:
     usage: Usage | None = None
     cost_usd: float | None = None
     custom_id: str | None = None  # a batch item's custom_id (request_id is then the batch id)
+    key: str = ""  # the row's identity (Request.identity); "" reads as the row id
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,3 +153,4 @@ class RowResult:
     ttft_ms: float | None = None
     latency_ms: float | None = None
     attempt_log: tuple[Attempt, ...] = field(default=())
+    key: str = ""  # the row's identity (Request.identity); "" reads as the row id

@@ -36,7 +36,9 @@ RESULT_SCHEMA: dict[str, Any] = {
     "served_model": pl.String,
     "copy_of": pl.String,
 }
-STATE_SCHEMA: dict[str, Any] = {"line": pl.Int64, "fingerprint": pl.String}
+# Per results row: its identity (what resume matches on), its line in the current
+# input (null once it is no longer there) and its request fingerprint.
+STATE_SCHEMA: dict[str, Any] = {"key": pl.String, "line": pl.Int64, "fingerprint": pl.String}
 ATTEMPT_SCHEMA: dict[str, Any] = {
     "id": pl.String,
     "attempt": pl.Int64,
@@ -56,6 +58,7 @@ ATTEMPT_SCHEMA: dict[str, Any] = {
     "cost_usd": pl.Float64,
     "fingerprint": pl.String,
     "custom_id": pl.String,
+    "key": pl.String,
 }
 
 
@@ -77,6 +80,7 @@ def result_record(result: RowResult) -> dict[str, Any]:
         "latency_ms": result.latency_ms,
         "served_model": result.served_model,
         "copy_of": result.copy_of,
+        "key": result.key or result.id,
         "line": result.line,
         "fingerprint": result.fingerprint,
     }
@@ -104,6 +108,7 @@ def attempt_record(attempt: Attempt) -> dict[str, Any]:
         "cost_usd": attempt.cost_usd,
         "fingerprint": attempt.fingerprint,
         "custom_id": attempt.custom_id,
+        "key": attempt.key or attempt.row_id,
     }
     for name in TOKEN_FIELDS:
         record[name] = getattr(usage, name) if usage is not None else None

@@ -212,6 +212,7 @@ class WorkerPool:
             status=Status.OK,
             model=request.model,
             fingerprint=request.fingerprint,
+            key=request.identity,
             output_text=completion.text,
             stop_reason=completion.stop_reason,
             usage=completion.usage,
@@ -378,6 +379,7 @@ class WorkerPool:
             outcome=outcome,
             latency_ms=latency_ms,
             fingerprint=request.fingerprint,
+            key=request.identity,
             usage=usage,
             # No usage reported: the attempt failed before any token was billed ($0).
             cost_usd=self.prices.cost(served_model or request.model, usage or Usage()),
@@ -395,6 +397,7 @@ class WorkerPool:
             status=Status.ERROR,
             model=request.model,
             fingerprint=request.fingerprint,
+            key=request.identity,
             attempts=prior + len(attempts),
             error_type=exc.facts.error_type,
             error_message=exc.message,

@@ -399,6 +399,8 @@ def summary_lines(outcome: Any) -> list[str]:
         wall,
         f"report: {f['report']}",
     ]
+    if rows.get("not_in_input"):
+        lines.insert(2, f"{count(rows['not_in_input'])} paid rows not in the current input (kept)")
     if f.get("most_common_error"):
         lines.append(f"most common error: {f['most_common_error']}")
     if f.get("resume_command"):

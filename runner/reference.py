@@ -61,7 +61,10 @@ RESULT_COLUMNS = {
     "latency_ms": "Milliseconds from sending to the end of the stream.",
 }
 STATE_COLUMNS = {
-    "line": "The row's line in the input file (what exports join on).",
+    "key": "The row's identity, what a resume matches on: the id when the input has an id "
+    "column, else the request fingerprint and occurrence number (`FINGERPRINT#N`).",
+    "line": "The row's line in the input as last read (what exports join on); null once "
+    "the row is no longer in the input (its paid result is kept).",
     "fingerprint": "Hash of the rendered request (model, system, prompt, parameters): "
     "a resume sends a row again only if it changed.",
 }
@@ -87,6 +90,7 @@ ATTEMPT_COLUMNS = {
     "fingerprint": "The request's fingerprint (as in state/).",
     "custom_id": "In batch mode, the batch item's `custom_id` (`request_id` is then the batch "
     "id); null when streamed.",
+    "key": "The row's identity (as in state/).",
 }
 # Job keys no flag sets (a flag's own help describes the others).
 JOB_KEYS = {

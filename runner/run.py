@@ -15,7 +15,7 @@ import os
 import platform
 import shlex
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cached_property
@@ -46,7 +46,7 @@ from runner.parts import write_json_atomic
 from runner.pool import StopControl, WorkerPool, WorkItem
 from runner.pricing import PriceTable
 from runner.render import Renderer
-from runner.resume import DoneRows, batches, rows_key
+from runner.resume import DoneRows, Triage, batches, rows_key
 from runner.stats import RunStats
 from runner.store import RunStore, open_store
 from runner.summary import status_counts, summarize
@@ -128,18 +128,6 @@ def resume_command(argv: tuple[str, ...], run_id: str) -> str:
     return shlex.join(["runner", *kept, "--run-id", run_id])
 
 
-@dataclass(slots=True)
-class InputSeen:
-    """How far the producer read the input: compaction drops rows past its end."""
-
-    last_line: int = 0
-    complete: bool = False
-
-    def saw(self, requests: list[Request], invalid_rows: list[InvalidRow]) -> None:
-        """Note one batch read from the input."""
-        self.last_line = max(self.last_line, *(r.line for r in (*requests, *invalid_rows)))
-
-
 def open_input(job: Job) -> tuple[Renderer, InputReader]:
     """The job's renderer and its checked input: a bad template or file stops here."""
     renderer = Renderer(job.request)
@@ -184,7 +172,8 @@ class _Session:
     api_key: str
     stats: RunStats = field(default_factory=RunStats)
     control: StopControl = field(default_factory=StopControl)
-    seen: InputSeen = field(default_factory=InputSeen)
+    # Whether this session read the whole input (no --limit, no stop before its end).
+    input_complete: bool = False
 
     def __post_init__(self) -> None:
         self.limiter = RateLimiter(self.job.limits)
@@ -211,7 +200,7 @@ class _Session:
         if exit_code is None:
             exit_code = anyio.run(self._drive)
         if exit_code in (EXIT_OK, EXIT_SOME_FAILED):
-            self.store.compact(self.seen.last_line if self.seen.complete else None)
+            self.store.compact(self._current_lines())
         else:
             self.store.flush()
         self.stats.stop_clock()
@@ -250,7 +239,7 @@ class _Session:
                 "stored": use.stored,
             }
         summary["limiter"] = self.limiter.snapshot()
-        if self.seen.complete:
+        if self.input_complete:
             run_info["input"] = self._input_read()
         if exit_code in (EXIT_OK, EXIT_SOME_FAILED) and self.options.limit is None and key:
             # Every row was seen and has its outcome on disk.
@@ -259,6 +248,12 @@ class _Session:
         write_json_atomic(run_dir / "run.json", run_info)
         write_json_atomic(run_dir / "summary.json", summary)
         return RunOutcome(exit_code, run_dir, summary, message, self.stats)
+
+    def _current_lines(self) -> pl.DataFrame | None:
+        """Where earlier sessions' rows now sit in the input, if this session read it all."""
+        if not self.input_complete or "done" not in self.__dict__ or self.done.empty:
+            return None  # nothing read against earlier rows: they stay as they are
+        return self.done.current_lines()
 
     def _start_run_json(self) -> tuple[dict[str, Any], dict[str, str]]:
         """Write run.json for this session; warn if the input changed since the run began.
@@ -330,13 +325,24 @@ class _Session:
         self.stats.total_rows = limit
         return None
 
+    def _batches(self) -> Iterator[tuple[list[Request], list[InvalidRow]]]:
+        """The input's rows, rendered and keyed, a batch at a time."""
+        return batches(
+            self.reader,
+            self.renderer,
+            self.options.limit,
+            self.done.batch,
+            by_id=self.job.id_column is not None,
+        )
+
     def _plan_from_results(self, settled_rows: int) -> int | None:
         """The exit code if the settled run's results show nothing left to send, else None.
 
         The input and the request settings are unchanged since a session saw every
         row, so the results alone say what is left: no row needs reading.
         """
-        results = self.store.scan_results(with_state=True)
+        # Rows no longer in the input (a null line) are kept but not counted.
+        results = self.store.scan_results(with_state=True).filter(pl.col("line").is_not_null())
         counts = status_counts(results)
         # A part lost since (a damaged file is ignored) shows as missing rows.
         if counts[Status.ERROR.value] or sum(counts.values()) != settled_rows:
@@ -430,13 +436,10 @@ class _Session:
 
     async def _produce(self, send: anyio.abc.ObjectSendStream[WorkItem]) -> None:
         """Stream the input into the queue: invalid rows to the store, done rows skipped."""
-        limit, seen = self.options.limit, self.seen
-        read = skipped = invalid = 0
+        tally = Triage([])
+        invalid = 0
         async with send:
-            for requests, invalid_rows in batches(
-                self.reader, self.renderer, limit, self.done.batch
-            ):
-                seen.saw(requests, invalid_rows)
+            for requests, invalid_rows in self._batches():
                 for item in invalid_rows:
                     self._warn_invalid(item.line, item.reason)
                     result = RowResult(
@@ -447,28 +450,41 @@ class _Session:
                         attempts=0,
                         error_type="invalid_input",
                         error_message=item.reason,
+                        # Judged again every session, never paid: keyed by line, unlike
+                        # every other row, and dropped once that line is gone.
+                        key=f"\0line {item.line}",
                     )
                     self.store.record(result, [])
                     self.stats.add_result(result)
-                items, done = self.done.triage(requests)
-                self.stats.skipped += done
-                read, skipped = read + len(requests) + len(invalid_rows), skipped + done
+                triage = self.done.triage(requests)
+                tally.add(triage)
                 invalid += len(invalid_rows)
-                for work in items:
+                self.stats.skipped += triage.unchanged
+                for work in triage.to_send:
                     if self.control.stopping:
                         return
                     await send.send(work)
-            seen.complete = limit is None
-            self.stats.total_rows = read
+            self.input_complete = self.options.limit is None
+            self.stats.total_rows = tally.total + invalid
             self.invalid_log.close()
             if not self.done.empty:
-                log.info(
-                    "resuming run %s: skipped %d rows already ok, sent %d, %d invalid",
-                    self.store.run_dir.name,
-                    skipped,
-                    read - skipped - invalid,
-                    invalid,
-                )
+                self._log_resumed(tally, invalid)
+
+    def _log_resumed(self, tally: Triage, invalid: int) -> None:
+        """Say what this session found against earlier ones: skipped, new, changed, gone."""
+        gone = self.done.no_longer_in_input() if self.input_complete else 0
+        log.info(
+            "resuming run %s: skipped %d rows already ok, sent %d (%d new, %d changed, "
+            "%d to retry), %d invalid%s",
+            self.store.run_dir.name,
+            tally.unchanged,
+            tally.total - tally.unchanged,
+            tally.new,
+            tally.changed,
+            tally.retry,
+            invalid,
+            f"; {gone} paid rows no longer in the input are kept, not counted" if gone else "",
+        )
 
 
 async def _flush_periodically(store: RunStore) -> None:

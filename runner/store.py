@@ -69,6 +69,7 @@ class RunStore:
         self._lock_fd: int | None = None
         self._segment_fd: int | None = None
         self._segment = 0
+        self._first_segment = 0
         self._results: list[dict[str, Any]] = []
         self._attempts: list[dict[str, Any]] = []
         self._segment_opened = 0.0
@@ -92,6 +93,7 @@ class RunStore:
         self._remove_temporaries()
         self._recover_journal()
         self._segment = self._highest_number() + 1
+        self._first_segment = self._segment  # parts from here on are this session's
         self._open_segment()
 
     def close(self) -> None:
@@ -235,94 +237,77 @@ class RunStore:
                     attempts.extend(entry.get("a") or [])
         return results, attempts
 
-    def _read_part(self, path: Path, columns: list[str] | None = None) -> pl.DataFrame | None:
-        """A results part with its state columns beside it, or None if it is damaged."""
+    def _read_part(
+        self, path: Path, columns: list[str] | None = None, state: list[str] | None = None
+    ) -> pl.DataFrame | None:
+        """A results part (`columns`) with its state (`state`) beside it; None if damaged."""
         try:
-            results = _scan_results([path]).select(columns or list(RESULT_SCHEMA)).collect()
-            state = pl.read_parquet(self.state_dir / path.name)
+            if columns == []:  # only the row count, from the footer
+                rows = pl.scan_parquet(path).select(pl.len()).collect().item()
+                results = pl.repeat(None, rows, dtype=pl.Boolean, eager=True).alias("_").to_frame()
+            else:
+                results = _scan_results([path]).select(columns or list(RESULT_SCHEMA)).collect()
+            state_frame = _read_state(self.state_dir / path.name, path, state)
         except Exception as exc:  # polars raises several types for a damaged file
             log.warning("ignoring unreadable part %s: %s; its rows will be sent again", path, exc)
             return None
-        if results.height != state.height:
+        if results.height != state_frame.height:
             log.warning("ignoring part %s: its state does not match; rows will be sent again", path)
             return None
-        return pl.concat([results, state], how="horizontal")
+        return pl.concat([results, state_frame], how="horizontal").drop("_", strict=False)
 
-    def _part_lines(self, path: Path) -> pl.Series | None:
-        """A results part's input lines (from its state), or None if either file is damaged.
+    def index(self, columns: tuple[str, ...] = (), extra: tuple[pl.Expr, ...] = ()) -> pl.DataFrame:
+        """Every stored results row in write order: key hash, part, row in part and line.
 
-        Reads the state's `line` column and only the results' footer: cheap enough to
-        do for every part each time a run is read.
+        Plus `extra`, computed per part from the results' `columns` and the state, so no
+        string column of the whole run is ever held at once. The last row of a key hash
+        is the key's latest version.
         """
-        try:
-            rows = pl.scan_parquet(path).select(pl.len()).collect().item()
-            lines = pl.read_parquet(self.state_dir / path.name, columns=["line"])["line"]
-        except Exception as exc:  # polars raises several types for a damaged file
-            log.warning("ignoring unreadable part %s: %s; its rows will be sent again", path, exc)
-            return None
-        if rows != lines.len():
-            log.warning("ignoring part %s: its state does not match; rows will be sent again", path)
-            return None
-        return lines
-
-    def _spans(self) -> tuple[list[tuple[Path, int, int]], bool]:
-        """Each readable part's (path, first line, last line), and whether they are in order.
-
-        In order means each part is sorted by line and starts after the previous one ends,
-        so reading them in turn gives every row once, in input order.
-        """
-        spans: list[tuple[Path, int, int]] = []
-        in_order, previous_end = True, 0
-        for path, _ in self._parts(self.results_dir):
-            lines = self._part_lines(path)
-            if lines is None:
-                in_order = False
-                continue
-            if lines.is_empty():
-                continue
-            low, high = int(lines.min()), int(lines.max())  # type: ignore[arg-type]
-            in_order = in_order and lines.is_sorted() and low > previous_end
-            previous_end = high
-            spans.append((path, low, high))
-        return spans, in_order
+        frames = []
+        for path, number in self._parts(self.results_dir):
+            part = self._read_part(path, list(columns), ["key", "line", "fingerprint"])
+            if part is not None:
+                frames.append(_index_of(part, number, extra))
+        if not frames:
+            return _index_of(pl.DataFrame(schema=RESULT_SCHEMA | STATE_SCHEMA), 0, extra)
+        return pl.concat(frames, how="vertical_relaxed")
 
     def read_results(
         self, with_state: bool = False, columns: list[str] | None = None
     ) -> pl.DataFrame:
-        """The latest outcome of every input line on disk, in input order (only `columns`)."""
+        """The latest outcome of every row on disk, in input order (only `columns`).
+
+        Rows no longer in the input (a null `line`) come last.
+        """
         wanted = list(RESULT_SCHEMA) if columns is None else list(columns)
         frames = [
             frame
             for path, _ in self._parts(self.results_dir)
-            if (frame := self._read_part(path, columns=wanted)) is not None
+            if (frame := self._read_part(path, wanted)) is not None
         ]
         selected = wanted + (list(STATE_SCHEMA) if with_state else [])
         if not frames:
             return pl.DataFrame(schema=RESULT_SCHEMA | STATE_SCHEMA).select(selected)
         frame = pl.concat(frames, how="vertical_relaxed")
-        steps = frame["line"].diff().drop_nulls()
-        if steps.is_empty() or steps.min() > 0:  # type: ignore[operator]
-            return frame.select(selected)  # compacted: every line once, in order already
-        # A row is an input line: parts are read in number order, so keeping the last
-        # version of each line keeps the latest outcome.
-        return (
-            frame.unique(subset=["line"], keep="last", maintain_order=True)
-            .sort("line", maintain_order=True)
-            .select(selected)
-        )
+        if frame["key"].n_unique() != frame.height:
+            # Parts are read in number order: the last version of a key is the latest.
+            frame = frame.unique(subset=["key"], keep="last", maintain_order=True)
+        return frame.sort("line", nulls_last=True, maintain_order=True).select(selected)
 
     def scan_results(
         self, with_state: bool = False, columns: list[str] | None = None
     ) -> pl.LazyFrame:
         """The results as a lazy frame: streamed from disk when compacted, else deduplicated."""
-        spans, in_order = self._spans()
-        if not (in_order and spans):
+        index = self.index()
+        if index.is_empty() or not _in_order(index):
             return self.read_results(with_state=with_state, columns=columns).lazy()
-        paths = [path for path, _, _ in spans]
-        results = _scan_results(paths)
+        names = [f"part-{n:06d}.parquet" for n in index["part"].unique(maintain_order=True)]
+        results = _scan_results([self.results_dir / name for name in names])
+        if columns is not None:
+            results = results.select(columns)
         if not with_state:
             return results
-        state = pl.scan_parquet([self.state_dir / path.name for path in paths])
+        state = pl.scan_parquet([self.state_dir / name for name in names])
         return pl.concat([results, state], how="horizontal")
 
     def scan_attempts(self) -> pl.LazyFrame:
@@ -344,60 +329,51 @@ class RunStore:
         frame = self.scan_attempts()
         return (frame if columns is None else frame.select(columns)).collect()
 
-    def results_in_ranges(self, columns: list[str]) -> Iterator[pl.DataFrame]:
-        """Every line's latest outcome (`columns` and its state), in input order.
+    def compact(self, lines: pl.DataFrame | None = None) -> None:
+        """Rewrite the results as parts of `COMPACT_LINES` rows, one per key, in input order.
 
-        Yields `COMPACT_LINES` lines at a time, so memory stays bounded by one range
-        whatever the run's size, compacted or not.
-        """
-        spans, _ = self._spans()
-        yield from self._ranges(spans, columns, None)
-
-    def _ranges(
-        self, spans: list[tuple[Path, int, int]], columns: list[str] | None, last_line: int | None
-    ) -> Iterator[pl.DataFrame]:
-        if not spans:
-            return
-        end_line = max(high for _, _, high in spans)
-        if last_line is not None:
-            end_line = min(end_line, last_line)
-        for start in range(min(low for _, low, _ in spans), end_line + 1, COMPACT_LINES):
-            stop = min(start + COMPACT_LINES, end_line + 1)
-            frames = []
-            for path, low, high in spans:
-                if high >= start and low < stop:
-                    part = self._read_part(path, columns)
-                    if part is not None:
-                        frames.append(part.filter(pl.col("line").is_between(start, stop - 1)))
-            if frames:
-                # Parts are read in number order: the last version of a line is the latest.
-                yield (
-                    pl.concat(frames, how="vertical_relaxed")
-                    .unique(subset=["line"], keep="last", maintain_order=True)
-                    .sort("line")
-                )
-
-    def compact(self, last_line: int | None = None) -> None:
-        """Rewrite the results as parts of `COMPACT_LINES` lines each, in input order.
-
-        Memory stays bounded by one range of lines whatever the run's size. Rows past
-        `last_line` (the input has since got shorter) are dropped. The old parts are
-        deleted only once every new one is on disk; a reader in between sees the same
-        rows, since the newer part of a line wins. Attempts are a log and stay as written.
+        `lines` (key_hash, line) gives the rows earlier sessions wrote their line in the
+        input this session read to the end: null for a row no longer in it, which is
+        kept (it was paid for) unless it was `invalid`. Memory stays bounded by the
+        index and one range of rows. The old parts are deleted only once every new one
+        is on disk; a reader in between sees the same rows, since a key's newer part wins.
+        Attempts are a log and stay as written.
         """
         self.flush()
-        spans, in_order = self._spans()
-        if not spans:
+        index = self.index(("status",), (pl.col("status"),))
+        if index.is_empty():
             return
-        beyond = last_line is not None and max(high for _, _, high in spans) > last_line
-        if in_order and _one_part_per_range(spans) and not beyond:
+        winners = index.unique(subset=["key_hash"], keep="last", maintain_order=True)
+        if lines is not None:
+            current = winners.join(lines, on="key_hash", how="left", suffix="_now")
+            current = current.sort("part", "row").with_columns(
+                pl.when(pl.col("part") < self._first_segment)
+                .then(pl.col("line_now"))
+                .otherwise(pl.col("line"))
+                .alias("line")
+            )
+            winners = current.drop("line_now").filter(
+                pl.col("line").is_not_null() | (pl.col("status") != "invalid")
+            )
+        unchanged = winners.height == index.height and winners["line"].equals(index["line"])
+        if unchanged and _in_order(winners, compacted=True):
             return
-        number = self._segment
-        first_new = number
-        for chunk in self._ranges(spans, None, last_line):
+        order = winners.sort("line", nulls_last=True, maintain_order=True)
+        number = first_new = self._segment
+        cache: dict[int, pl.DataFrame] = {}
+        for start in range(0, order.height, COMPACT_LINES):
+            chunk = order.slice(start, COMPACT_LINES).with_row_index("order")
+            pieces = []
+            for part in chunk["part"].unique(maintain_order=True).to_list():
+                if part not in cache:
+                    cache.clear()  # one part at a time: a part's rows are mostly in one chunk
+                    cache[part] = self._whole_part(part)
+                picked = chunk.filter(pl.col("part") == part).select("row", "line", "order")
+                pieces.append(cache[part].join(picked, on="row").drop("row"))
+            rows = pl.concat(pieces, how="vertical_relaxed").sort("order")
             name = f"part-{number:06d}.parquet"
-            write_parquet_atomic(chunk.select(list(STATE_SCHEMA)), self.state_dir / name)
-            write_parquet_atomic(chunk.select(list(RESULT_SCHEMA)), self.results_dir / name)
+            write_parquet_atomic(rows.select(list(STATE_SCHEMA)), self.state_dir / name)
+            write_parquet_atomic(rows.select(list(RESULT_SCHEMA)), self.results_dir / name)
             number += 1
         for directory in (self.state_dir, self.results_dir):
             fsync_dir(directory)
@@ -412,6 +388,12 @@ class RunStore:
         self._segment = max(number, self._segment + 1)
         self._open_segment()
 
+    def _whole_part(self, number: int) -> pl.DataFrame:
+        """Every column of a part the index read a moment ago, rows numbered, without `line`."""
+        part = self._read_part(self.results_dir / f"part-{number:06d}.parquet")
+        if part is None:
+            raise RunDirError(f"{self.results_dir}: part {number} became unreadable")
+        return part.drop("line").with_row_index("row")
 
 def _scan_results(paths: list[Path]) -> pl.LazyFrame:
     """Results parts as one lazy frame of today's columns.
@@ -424,17 +406,39 @@ def _scan_results(paths: list[Path]) -> pl.LazyFrame:
     )
 
 
-def _one_part_per_range(spans: list[tuple[Path, int, int]]) -> bool:
-    """Whether in-order parts are already the ones compaction writes: one per line range.
+def _read_state(path: Path, results_path: Path, columns: list[str] | None) -> pl.DataFrame:
+    """A state part (`columns`); one written before rows had keys gets its rows' ids as keys."""
+    state = pl.scan_parquet(path, schema=STATE_SCHEMA, missing_columns="insert").collect()
+    if state.height and state["key"].null_count() == state.height:
+        ids = pl.read_parquet(results_path, columns=["id"])["id"]
+        state = state.with_columns(ids.alias("key"))
+    return state if columns is None else state.select(columns)
 
-    Without this, a run that finished in input order (concurrency 1, say) would keep
-    one small part per flush.
+
+# A row is its key (README: row identity); 64-bit hashes compare keys in memory.
+KEY_HASH = pl.col("key").hash().alias("key_hash")
+
+
+def _index_of(part: pl.DataFrame, number: int, extra: tuple[pl.Expr, ...]) -> pl.DataFrame:
+    return part.with_row_index("row").select(
+        KEY_HASH, pl.lit(number, pl.Int64).alias("part"), "row", "line", *extra
+    )
+
+
+def _in_order(index: pl.DataFrame, compacted: bool = False) -> bool:
+    """Whether reading the parts in turn gives every key once, in input order.
+
+    `compacted` also asks for the parts compaction writes: `COMPACT_LINES` rows each
+    but the last, so a run that finished in input order keeps no small parts.
     """
-    first = spans[0][1]
-    ranges = [
-        ((low - first) // COMPACT_LINES, (high - first) // COMPACT_LINES) for _, low, high in spans
-    ]
-    return all(start == end for start, end in ranges) and len({s for s, _ in ranges}) == len(ranges)
+    lines = index["line"]
+    ordered = lines.is_null().is_sorted() and lines.drop_nulls().is_sorted()
+    if not (ordered and index["key_hash"].n_unique() == index.height):
+        return False
+    if not compacted:
+        return True
+    sizes = index.group_by("part", maintain_order=True).len()["len"]
+    return bool((sizes.head(-1) == COMPACT_LINES).all())
 
 
 def _read_journal(path: Path) -> Iterator[dict[str, Any]]:

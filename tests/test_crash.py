@@ -308,7 +308,8 @@ def test_a_finished_run_resumes_from_its_results_alone(tmp_path: Path) -> None:
             settled.stderr
         )
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["rows"] == {"ok": 30, "error": 0, "invalid": 0, "total": 30}
+    # The `error` row left the input: kept (its attempts were paid), not counted.
+    assert summary["rows"] == {"ok": 30, "error": 0, "invalid": 0, "total": 30, "not_in_input": 1}
     assert summary["this_session"]["rows_skipped"] == 30
 
 

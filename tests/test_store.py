@@ -1,4 +1,4 @@
-"""The run store alone: parts, journal recovery, compaction in line ranges."""
+"""The run store alone: parts, journal recovery, compaction by row key in input order."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from runner.store import RunStore, open_store
 def _row(line: int, text: str, status: Status = Status.OK) -> RowResult:
     return RowResult(
         id=f"id{line:04d}",
+        key=f"id{line:04d}",
         line=line,
         status=status,
         model="m",
@@ -42,7 +43,7 @@ def small_ranges(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(store_module, "COMPACT_LINES", 7)
 
 
-def test_compaction_keeps_the_latest_outcome_per_line_in_input_order(
+def test_compaction_keeps_the_latest_outcome_per_key_in_input_order(
     tmp_path: Path, small_ranges: None
 ) -> None:
     lines = list(range(1, 41))
@@ -52,7 +53,7 @@ def test_compaction_keeps_the_latest_outcome_per_line_in_input_order(
     before = RunStore(tmp_path).read_results(with_state=True)
 
     with open_store(tmp_path) as store:
-        store.compact(last_line=40)
+        store.compact()
     parts = sorted((tmp_path / "results").glob("part-*.parquet"))
     assert len(parts) == 6  # 40 lines in ranges of 7
     on_disk = pl.read_parquet([str(p) for p in parts])
@@ -65,13 +66,25 @@ def test_compaction_keeps_the_latest_outcome_per_line_in_input_order(
     assert RunStore(tmp_path).read_results(with_state=True).equals(before)
 
 
-def test_rows_past_the_end_of_a_shorter_input_are_dropped(
-    tmp_path: Path, small_ranges: None
+def test_rows_no_longer_in_the_input_are_kept_and_moved_rows_reordered(
+    tmp_path: Path, small_ranges: None, caplog: pytest.LogCaptureFixture
 ) -> None:
-    _write_session(tmp_path, [_row(n, "x") for n in range(1, 21)], per_part=5)
+    rows = [_row(n, "x") for n in range(1, 21)]
+    rows[15] = _row(16, "x", Status.INVALID)
+    _write_session(tmp_path, rows, per_part=5)
+    # The next session read an input of rows 11..1 (reversed), then 12; 13..20 are gone.
+    now = {f"id{n:04d}": 12 - n for n in range(1, 12)} | {"id0012": 12}
     with open_store(tmp_path) as store:
-        store.compact(last_line=12)
-    assert RunStore(tmp_path).read_results()["id"].to_list() == [f"id{n:04d}" for n in range(1, 13)]
+        keys = pl.DataFrame({"key": list(now)}).select(store_module.KEY_HASH)["key_hash"]
+        store.compact(pl.DataFrame({"key_hash": keys, "line": list(now.values())}))
+    results = RunStore(tmp_path).read_results(with_state=True)
+    expected = [f"id{n:04d}" for n in (*range(11, 0, -1), 12)]
+    # Paid rows no longer in the input stay, last, without a line; the invalid one goes.
+    gone = [f"id{n:04d}" for n in (13, 14, 15, 17, 18, 19, 20)]
+    assert results["id"].to_list() == expected + gone
+    assert results["line"].to_list() == [*range(1, 13), *[None] * 7]
+    assert RunStore(tmp_path).scan_results().collect()["id"].to_list() == expected + gone
+    assert caplog.records == []  # every part was read as it is, none taken for damaged
 
 
 def test_a_crash_between_writing_and_deleting_changes_nothing(
@@ -82,7 +95,7 @@ def test_a_crash_between_writing_and_deleting_changes_nothing(
     shutil.copytree(tmp_path, saved)
     expected = RunStore(tmp_path).read_results(with_state=True)
     with open_store(tmp_path) as store:
-        store.compact(last_line=29)
+        store.compact()
     # Put the old parts back beside the compacted ones, as if the deletes never happened.
     for folder in ("results", "state"):
         for part in (saved / folder).glob("part-*.parquet"):
