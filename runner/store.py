@@ -395,6 +395,7 @@ class RunStore:
             raise RunDirError(f"{self.results_dir}: part {number} became unreadable")
         return part.drop("line").with_row_index("row")
 
+
 def _scan_results(paths: list[Path]) -> pl.LazyFrame:
     """Results parts as one lazy frame of today's columns.
 
