@@ -22,15 +22,21 @@ def _row(i: int) -> tuple[RowResult, Attempt]:
     return result, attempt
 
 
-def test_a_crashed_run_counts_the_rows_only_in_its_journal(tmp_path: Path) -> None:
-    run_dir = tmp_path / "reports" / "job" / "run"
+def _open_run(run_dir: Path, rows: range) -> RunStore:
+    """A live run's store (locked, open) that has recorded `rows`."""
     run_dir.mkdir(parents=True)
-    (run_dir / "run.json").write_text('{"run_id": "run"}')
+    (run_dir / "run.json").write_text(f'{{"run_id": "{run_dir.name}"}}')
     store = RunStore(run_dir)
     store.open()
-    for i in range(3):
+    for i in rows:
         result, attempt = _row(i)
         store.record(result, [attempt])
+    return store
+
+
+def test_a_crashed_run_counts_the_rows_only_in_its_journal(tmp_path: Path) -> None:
+    run_dir = tmp_path / "reports" / "job" / "run"
+    store = _open_run(run_dir, range(3))
     store.flush()  # three rows reach a part
     for i in range(3, 7):
         result, attempt = _row(i)
@@ -62,14 +68,7 @@ def test_the_live_totals_equal_the_account_on_disk(tmp_path: Path, mock_api) -> 
 
 def test_a_run_written_before_served_model_existed_is_still_read(tmp_path: Path) -> None:
     run_dir = tmp_path / "reports" / "job" / "old"
-    run_dir.mkdir(parents=True)
-    (run_dir / "run.json").write_text('{"run_id": "old"}')
-    store = RunStore(run_dir)
-    store.open()
-    for i in range(3):
-        result, attempt = _row(i)
-        store.record(result, [attempt])
-    store.close()
+    _open_run(run_dir, range(3)).close()
     # Rewrite the part as an older version wrote it: no served_model column.
     part = next((run_dir / "results").glob("part-*.parquet"))
     pl.read_parquet(part).drop("served_model").write_parquet(part)
