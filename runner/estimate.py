@@ -37,6 +37,7 @@ from runner.inputs import InputReader
 from runner.job import Job
 from runner.lifecycle import check_model, stale_prices_warning
 from runner.models import InputRow, Request, Status, Usage
+from runner.pilot import pilot_job
 from runner.pricing import PriceTable, describe
 from runner.render import CHARS_PER_TOKEN, Renderer
 from runner.report import read_run_json
@@ -107,10 +108,11 @@ def estimate(job: Job, options: EstimateOptions) -> dict[str, Any]:
     pilot = None
     if options.pilot:
         outcome = execute(
-            job,
+            pilot_job(job),
             RunOptions(
                 output_dir=options.output_dir,
                 limit=options.pilot,
+                pilot=True,
                 api_key=api_key,
                 argv=("estimate", "--pilot", str(options.pilot)),
                 allow_retired=options.allow_retired,

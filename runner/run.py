@@ -43,6 +43,7 @@ from runner.logs import bind_run, log_start
 from runner.models import InvalidRow, Request, RowResult, Status
 from runner.outcome import sessions_of
 from runner.parts import write_json_atomic
+from runner.pilot import adopt_pilot
 from runner.pool import StopControl, WorkerPool, WorkItem
 from runner.pricing import PriceTable
 from runner.render import Renderer
@@ -73,6 +74,8 @@ class RunOptions:
     progress: Any = None
     # Send requests to a model the price table says is retired (a reseller may serve it).
     allow_retired: bool = False
+    # A pilot of `runner estimate --pilot K` (see runner.pilot): tagged in run.json.
+    pilot: bool = False
 
 
 @dataclass(slots=True)
@@ -152,6 +155,8 @@ def execute(job: Job, options: RunOptions) -> RunOutcome:
         check_model(prices, job.request.model, allow_retired=options.allow_retired)
         check_budget(job, prices)
         check_dedupe(job)
+        if not options.pilot:
+            adopt_pilot(job, options.output_dir, run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         with open_store(run_dir) as store:
             return _Session(job, options, store, reader, renderer, prices, api_key).run()
@@ -279,6 +284,7 @@ class _Session:
             "input": fingerprint,
             "versions": _versions(),
             "prices": self.prices.to_dict(),
+            "pilot": self.options.pilot,
             "first_started_at": (earlier or {}).get("first_started_at", started_at),
             "started_at": started_at,
             "ended_at": None,
