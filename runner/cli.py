@@ -225,8 +225,17 @@ def _flags(kwargs: dict[str, Any]) -> dict[str, Any]:
     help="Where runs are written: DIR/<job>/<run-id>/. Default: the job's output_dir, "
     "else reports/ under the current directory (under cron, the user's home).",
 )
-@click.option("--run-id", help="Run id; an existing one resumes. Default: a new timestamp id.")
-@click.option("--resume", is_flag=True, help="Resume the job's latest run.")
+@click.option(
+    "--run-id",
+    help="Run id; an existing one resumes, a new one starts a run (and says so). "
+    "Default: a new timestamp id.",
+)
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Resume the job's most recently started run (by run.json's start time); with "
+    "--run-id, resume that run, which must exist (exit 2 lists the runs).",
+)
 @click.option(
     "--cache",
     type=click.Path(path_type=Path),
@@ -275,8 +284,6 @@ def run(**kwargs: Any) -> None:
     (resumable with the command it prints).
     """
     setup_logging(kwargs["quiet"], kwargs["log_format"])
-    if kwargs["run_id"] and kwargs["resume"]:
-        _fail(UsageError("give --run-id or --resume, not both"), kwargs["log_format"])
     try:
         job = resolve_job(kwargs["job_file"], _flags(kwargs))
         outcome = execute(

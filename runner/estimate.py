@@ -30,6 +30,7 @@ import httpx
 import polars as pl
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt
 
+from runner.accounting import RunReader
 from runner.apikey import check_endpoint
 from runner.client import api_headers, count_tokens
 from runner.errors import ApiError, RejectedError, RetryableError, UsageError
@@ -42,7 +43,7 @@ from runner.pricing import PriceTable, describe
 from runner.render import CHARS_PER_TOKEN, Renderer
 from runner.report import read_run_json
 from runner.run import RunOptions, execute, open_input
-from runner.store import RunStore
+from runner.runs import job_runs
 from runner.transport import Bounds, new_http_client
 
 log = logging.getLogger("runner")
@@ -135,10 +136,12 @@ def estimate(job: Job, options: EstimateOptions) -> dict[str, Any]:
 
 def _learn(run_dir: Path, source: str) -> dict[str, Any] | None:
     """Mean output tokens and latency of a run's ok rows (None if it has none)."""
+    # The journal too: a run killed before its first part still taught something.
     ok = (
-        RunStore(run_dir)
-        .read_results(columns=["status", "output_tokens", "latency_ms", "cost_usd"])
+        RunReader(run_dir)
+        .results(("status", "output_tokens", "latency_ms", "cost_usd"))
         .filter(pl.col("status") == Status.OK.value)
+        .collect()
     )
     if ok.height == 0:
         return None
@@ -154,9 +157,8 @@ def _learn(run_dir: Path, source: str) -> dict[str, Any] | None:
 
 def _earlier_run(job: Job, output_dir: Path) -> dict[str, Any] | None:
     """What the latest earlier run of this job with the same model learned."""
-    job_dir = output_dir / job.name
-    runs = sorted(p for p in job_dir.glob("*") if (p / "run.json").is_file())
-    for run_dir in reversed(runs):
+    for entry in reversed(job_runs(output_dir / job.name)):  # the latest started first
+        run_dir = entry.path
         request = (read_run_json(run_dir).get("job") or {}).get("request") or {}
         if request.get("model") == job.request.model:
             learned = _learn(run_dir, "earlier run")

@@ -48,6 +48,7 @@ from runner.pool import StopControl, WorkerPool, WorkItem
 from runner.pricing import PriceTable
 from runner.render import Renderer
 from runner.resume import DoneRows, Triage, batches, rows_key
+from runner.runs import existing_run, job_runs, latest_run
 from runner.stats import RunStats
 from runner.store import RunStore, open_store
 from runner.summary import status_counts, summarize
@@ -95,17 +96,29 @@ def new_run_id() -> str:
 
 
 def resolve_run_dir(job: Job, options: RunOptions) -> Path:
-    """reports/<job>/<run-id>/: the given id, the latest for --resume, or a new one."""
+    """reports/<job>/<run-id>/: the given id, the latest started for --resume, or a new one.
+
+    Says which: the run resumed with its state and start, or that a new run begins.
+    """
     job_dir = options.output_dir / job.name
     if options.run_id:
         if "/" in options.run_id or options.run_id in (".", ".."):
             raise UsageError(f"run id must be a plain name, not '{options.run_id}'")
-        return job_dir / options.run_id
+        if options.resume:  # resume exactly this run: a mistyped id must not start a new one
+            entry = existing_run(job_dir, job.name, options.run_id)
+            log.info("resuming run %s", entry.describe())
+            return entry.path
+        run_dir = job_dir / options.run_id
+        known = {entry.run_id: entry for entry in job_runs(job_dir)}
+        if options.run_id in known:
+            log.info("resuming run %s", known[options.run_id].describe())
+        else:
+            log.info("starting a new run %s of job '%s' in %s", options.run_id, job.name, job_dir)
+        return run_dir
     if options.resume:
-        runs = sorted(p for p in job_dir.glob("*") if (p / "run.json").exists())
-        if not runs:
-            raise UsageError(f"nothing to resume: no run of job '{job.name}' in {job_dir}")
-        return runs[-1]
+        entry = latest_run(job_dir, job.name)
+        log.info("resuming the latest started run %s", entry.describe())
+        return entry.path
     run_dir = job_dir / new_run_id()
     suffix = 1
     while run_dir.exists():

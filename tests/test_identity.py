@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -105,3 +106,58 @@ def test_without_ids_identical_rows_each_run_once_and_inserts_cost_one(tmp_path:
         assert "1 new, 0 changed" in again.stderr
     results = results_of(out / "in" / "r1")
     assert results.height == 121 and results.filter(pl.col("status") == "ok").height == 121
+
+
+def test_resume_takes_the_latest_started_run_and_a_named_one_must_exist(tmp_path: Path) -> None:
+    rows = prompts(400, prefix="which")
+    input_path = write_jsonl(tmp_path / "in.jsonl", rows)
+    out = tmp_path / "out"
+    common = ["--id-column", "id", "--concurrency", "4"]
+    with serve_in_thread(MockConfig(latency_ms=20)) as mock:
+        # An earlier finished run whose id sorts last...
+        first = _run(input_path, mock.base_url, out, *common, "--limit", "50")
+        assert first.returncode == 0 and "starting a new run r1" in first.stderr
+        (out / "in" / "r1").rename(out / "in" / "limit50")
+        # ...and a newer one, killed mid-run, whose id sorts first.
+        cmd = [
+            sys.executable, "-m", "runner", "run", "--input", str(input_path),
+            "--base-url", mock.base_url, "--model", "claude-sonnet-4-5", "--max-tokens", "16",
+            "--output-dir", str(out), "--run-id", "aaa", *common,
+        ]  # fmt: skip
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 60
+        while mock.record.totals()["requests"] < 100 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        proc.kill()
+        proc.communicate(timeout=30)
+        served = mock.record.totals()["requests"]
+        assert 100 <= served < 450
+
+        missing = _run(input_path, mock.base_url, out, *common, "--run-id", "nope", "--resume")
+        assert missing.returncode == 2
+        assert "no run 'nope'" in missing.stderr and "aaa (crashed, started" in missing.stderr
+        assert "limit50 (finished, started" in missing.stderr
+        # estimate learns from the same run --resume takes.
+        estimate_cmd = [
+            sys.executable, "-m", "runner", "estimate", "--input", str(input_path),
+            "--model", "claude-sonnet-4-5", "--output-dir", str(out), "--offline", "--json",
+            "--id-column", "id",
+        ]  # fmt: skip
+        estimate = subprocess.run(estimate_cmd, capture_output=True, text=True, timeout=60)
+        assert estimate.returncode == 0, estimate.stderr
+        assert json.loads(estimate.stdout)["output_tokens"]["learned_from"]["run_dir"].endswith(
+            "aaa"
+        )
+        resumed = subprocess.run(
+            [*cmd[: cmd.index("--run-id")], *common, "--resume"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert resumed.returncode == 0, resumed.stderr
+        assert "resuming the latest started run aaa (crashed, started" in resumed.stderr
+        # Only what the crashed run had not finished (and what was in flight) was sent.
+        assert mock.record.totals()["requests"] - served <= 400 - (served - 50) + 4
+    results = results_of(out / "in" / "aaa")
+    assert results.height == 400 and set(results["status"]) == {"ok"}
+    assert results_of(out / "in" / "limit50").height == 50
