@@ -29,11 +29,13 @@ from runner.errors import (
     EofWithoutStop,
     FatalApiError,
     HttpRetryableError,
+    LocalFailureError,
     MalformedError,
     ModelNotFoundError,
     RejectedError,
     StalledError,
     TooLargeError,
+    out_of_file_handles,
 )
 from runner.models import Outcome, Request
 from runner.reading import AnswerReader, BadAnswer, Completion, error_body
@@ -215,6 +217,8 @@ async def stream_message(
                 f"stream stalled ({type(exc).__name__})", reading.facts(Outcome.STALLED, "stalled")
             ) from None
         except httpx.TransportError as exc:
+            if (local := out_of_file_handles(exc)) is not None:  # this machine, not the API
+                raise LocalFailureError.from_os_error(local, "a new connection") from None
             cause = mask(f"{type(exc).__name__}: {exc}")[:300]
             if not got_headers:
                 raise ConnectError(

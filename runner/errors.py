@@ -5,6 +5,7 @@
     │   └── JobFileError             unknown key, wrong type, template names a missing column
     ├── InputFileError               the input file as a whole cannot be used (exit 2)
     ├── RunDirError                  run directory locked by another process, or unreadable
+    ├── LocalFailureError            disk full, too many open files, permissions (exit 4)
     └── ApiError                     one HTTP attempt failed; carries what the attempt consumed
         ├── RetryableError           worth another attempt
         │   ├── HttpRetryableError   408, 409, 429, 5xx, 529 (or x-should-retry: true)
@@ -28,6 +29,7 @@ answers of the wrong shape are translated into them in exactly one place (`clien
 
 from __future__ import annotations
 
+import errno
 from dataclasses import dataclass
 
 from runner.models import Outcome, Usage
@@ -59,6 +61,49 @@ class RunDirError(RunnerError):
     """The run directory cannot be used (locked by a live run, unreadable)."""
 
     exit_code = 2
+
+
+# What the operator is told for each errno of a local failure: the cause, in plain words.
+_LOCAL_CAUSES = {
+    errno.ENOSPC: "disk full",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EMFILE: "too many open files (raise `ulimit -n`)",
+    errno.ENFILE: "too many open files in the system",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.EROFS: "read-only file system",
+}
+
+
+class LocalFailureError(RunnerError):
+    """The machine failed the run (disk full, out of file handles, no permission): it stops
+    cleanly and resumes once the cause is fixed."""
+
+    exit_code = 4
+
+    def __init__(self, cause: str, path: object) -> None:
+        super().__init__(f"{cause}: {path}")
+        self.cause = cause
+        self.path = path
+
+    @classmethod
+    def from_os_error(cls, exc: OSError, path: object) -> LocalFailureError:
+        """The failure an OSError stands for, naming the path it happened on."""
+        name = errno.errorcode.get(exc.errno or 0, "")
+        cause = _LOCAL_CAUSES.get(exc.errno or 0, exc.strerror or str(exc))
+        return cls(f"{cause} ({name})" if name else cause, exc.filename or path)
+
+
+def out_of_file_handles(exc: BaseException) -> OSError | None:
+    """The EMFILE/ENFILE under `exc` (a failed connect, say), if that is what it was."""
+    seen: BaseException | None = exc
+    for _ in range(10):  # a cause chain is short; never loop on a cycle
+        if seen is None:
+            return None
+        if isinstance(seen, OSError) and seen.errno in (errno.EMFILE, errno.ENFILE):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,6 +7,9 @@ so a reader sees either the old file or the whole new one.
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import io
 import json
 import os
 from pathlib import Path
@@ -14,6 +17,7 @@ from typing import Any
 
 import polars as pl
 
+from runner.errors import LocalFailureError
 from runner.models import TOKEN_FIELDS, Attempt, RowResult
 
 RESULT_SCHEMA: dict[str, Any] = {
@@ -117,33 +121,61 @@ def attempt_record(attempt: Attempt) -> dict[str, Any]:
 
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write JSON to a temporary name, fsync it, then rename it over `path`."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", encoding="utf-8") as fh:
-        json.dump(data, fh, indent=2, ensure_ascii=False, default=str)
-        fh.write("\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    text = json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n"
+    write_atomic(path, text.encode())
     fsync_dir(path.parent)
-
-
-def fsync_dir(directory: Path) -> None:
-    """Make a rename in `directory` durable."""
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def write_parquet_atomic(frame: pl.DataFrame, path: Path) -> None:
     """Write a part to a temporary name, fsync it, then rename it over `path`."""
+    # Encoded in memory (a part is at most COMPACT_LINES rows), so a full disk shows
+    # as the OSError it is rather than as a Parquet library's error.
+    buffer = io.BytesIO()
+    frame.write_parquet(buffer, compression="zstd")
+    write_atomic(path, buffer.getbuffer())
+
+
+def write_atomic(path: Path, data: bytes | memoryview) -> None:
+    """`data` to a temporary name, fsynced and renamed over `path`: whole or not at all.
+
+    A failure leaves no temporary file behind (or one the next start removes) and
+    raises LocalFailureError naming the cause and the path.
+    """
     tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("wb") as fh:
-        frame.write_parquet(fh, compression="zstd")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            write_all(fd, data, tmp)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise LocalFailureError.from_os_error(exc, path) from None
+
+
+def write_all(fd: int, data: bytes | memoryview, path: Path) -> None:
+    """Write every byte of `data` to `fd`, however many short writes that takes."""
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        if written == 0:  # a write that makes no progress is a full device
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        view = view[written:]
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make a rename in `directory` durable."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise LocalFailureError.from_os_error(exc, directory) from None
 
 
 def records_frame(records: list[dict[str, Any]], schema: dict[str, Any]) -> pl.DataFrame:

@@ -30,6 +30,7 @@ from runner.errors import (
     ConnectError,
     FatalApiError,
     HttpRetryableError,
+    LocalFailureError,
     ModelNotFoundError,
     RetryableError,
     UnreachableError,
@@ -67,6 +68,7 @@ class StopControl:
     def __init__(self) -> None:
         self.stopping = False
         self.fatal: FatalApiError | None = None
+        self.local_failure: LocalFailureError | None = None
         self.workers_scope: anyio.CancelScope | None = None
         self._deadline_task_started = False
         self._task_group: anyio.abc.TaskGroup | None = None
@@ -76,6 +78,12 @@ class StopControl:
         self._task_group = task_group
         self.workers_scope = anyio.CancelScope()
         return self.workers_scope
+
+    def fail_locally(self, exc: LocalFailureError) -> None:
+        """A local failure (disk full, no file handles) stops the run now (exit 4)."""
+        if self.local_failure is None:
+            self.local_failure = exc
+        self.stop(0)
 
     def stop(self, grace: float) -> None:
         """Take no new rows; cancel what is still in flight after `grace` seconds."""
@@ -142,7 +150,14 @@ class WorkerPool:
         """Take rows from the queue until it closes or the run stops."""
         async with queue:
             async for item in queue:
-                if self.control.stopping or not await self._handle(item):
+                if self.control.stopping:
+                    return
+                try:
+                    if not await self._handle(item):
+                        return
+                except LocalFailureError as exc:
+                    # Disk full, no file handles: stop at once, nothing more can be kept.
+                    self.control.fail_locally(exc)
                     return
 
     async def _handle(self, item: WorkItem) -> bool:

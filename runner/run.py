@@ -34,7 +34,7 @@ from runner.budget import check_budget, open_budget
 from runner.cache import AnswerCache
 from runner.client import api_headers
 from runner.dedupe import Deduper, check_dedupe
-from runner.errors import RunnerError, UsageError
+from runner.errors import LocalFailureError, RunnerError, UsageError
 from runner.inputs import InputReader, InvalidRowLog
 from runner.job import Job, Mode
 from runner.lifecycle import check_model
@@ -57,7 +57,7 @@ from runner.transport import Bounds, new_http_client
 log = logging.getLogger("runner")
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_FATAL, EXIT_INTERRUPTED = 0, 1, 3, 130
-EXIT_BUDGET = 5
+EXIT_LOCAL, EXIT_BUDGET = 4, 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,9 +170,17 @@ def execute(job: Job, options: RunOptions) -> RunOutcome:
         check_dedupe(job)
         if not options.pilot:
             adopt_pilot(job, options.output_dir, run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        with open_store(run_dir) as store:
-            return _Session(job, options, store, reader, renderer, prices, api_key).run()
+        try:
+            try:
+                run_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise LocalFailureError.from_os_error(exc, run_dir) from None
+            with open_store(run_dir) as store:
+                return _Session(job, options, store, reader, renderer, prices, api_key).run()
+        except LocalFailureError as exc:  # before the run could start: nothing was sent
+            command = resume_command(options.argv, run_dir.name)
+            exc.args = (f"{exc}; fix it, then resume with: {command}",)
+            raise
     finally:
         reader.close()
 
@@ -217,10 +225,7 @@ class _Session:
         log_start(self.job, run_dir, rows, resumed=resumed)
         if exit_code is None:
             exit_code = anyio.run(self._drive)
-        if exit_code in (EXIT_OK, EXIT_SOME_FAILED):
-            self.store.compact(self._current_lines())
-        else:
-            self.store.flush()
+        exit_code = self._keep_on_disk(exit_code)
         self.stats.stop_clock()
         if self.stats.total_rows is not None:
             run_info["input_rows"] = self.stats.total_rows  # "of N" in every report
@@ -229,8 +234,10 @@ class _Session:
             ended_at=run_info["ended_at"], wall_time_s=round(self.stats.elapsed, 3)
         )
         fatal = self.control.fatal
-        message = f"stopped: {fatal.message}" if fatal is not None else None
         reason = fatal.message if fatal is not None else None
+        if self.control.local_failure is not None:
+            reason = str(self.control.local_failure)
+        message = f"stopped: {reason}" if reason is not None else None
         budget = None
         if exit_code == EXIT_BUDGET and self.budget is not None:
             message = reason = self.budget.message()
@@ -263,9 +270,28 @@ class _Session:
             # Every row was seen and has its outcome on disk.
             run_info["settled"] = {"key": key, "rows": summary["rows"]["total"]}
         run_info["counts"] = summary["rows"]
-        write_json_atomic(run_dir / "run.json", run_info)
-        write_json_atomic(run_dir / "summary.json", summary)
+        try:
+            write_json_atomic(run_dir / "run.json", run_info)
+            write_json_atomic(run_dir / "summary.json", summary)
+        except LocalFailureError as exc:
+            # Every row is safe in the parts and the journal; only this record is missing.
+            message = f"stopped: {exc} (run.json and summary.json not updated)"
+            exit_code = summary["exit_code"] = EXIT_LOCAL
+            summary["resume_command"] = resume_command(self.options.argv, run_dir.name)
         return RunOutcome(exit_code, run_dir, summary, message, self.stats)
+
+    def _keep_on_disk(self, exit_code: int) -> int:
+        """Compact a finished session, else turn the journal into parts; exit 4 if the disk
+        (or the file handles) fail: the journal then keeps the rows for the next start."""
+        try:
+            if exit_code in (EXIT_OK, EXIT_SOME_FAILED):
+                self.store.compact(self._current_lines())
+            elif exit_code != EXIT_LOCAL:
+                self.store.flush()
+        except LocalFailureError as exc:
+            self.control.local_failure = self.control.local_failure or exc
+            return EXIT_LOCAL
+        return exit_code
 
     def _current_lines(self) -> pl.DataFrame | None:
         """Where earlier sessions' rows now sit in the input, if this session read it all."""
@@ -401,7 +427,7 @@ class _Session:
         async with self._open_backend() as backend, anyio.create_task_group() as outer:
             workers_scope = control.bind(outer)
             outer.start_soon(_watch_signals, control, job.retry.grace_period)
-            outer.start_soon(_flush_periodically, self.store)
+            outer.start_soon(_flush_periodically, self.store, control)
             if self.options.progress is not None:
                 outer.start_soon(self.options.progress.run, self.stats, backend)
             with workers_scope:
@@ -412,6 +438,8 @@ class _Session:
                     workers.start_soon(self._produce, send)
                     backend.start(workers, receive)
             outer.cancel_scope.cancel()
+        if control.local_failure is not None:
+            return EXIT_LOCAL
         if control.fatal is not None:
             return EXIT_FATAL
         if self.budget is not None and self.budget.reached:
@@ -473,7 +501,11 @@ class _Session:
                         # every other row, and dropped once that line is gone.
                         key=f"\0line {item.line}",
                     )
-                    self.store.record(result, [])
+                    try:
+                        self.store.record(result, [])
+                    except LocalFailureError as exc:
+                        self.control.fail_locally(exc)
+                        return
                     self.stats.add_result(result)
                 triage = self.done.triage(requests)
                 tally.add(triage)
@@ -506,13 +538,17 @@ class _Session:
         )
 
 
-async def _flush_periodically(store: RunStore) -> None:
+async def _flush_periodically(store: RunStore, control: StopControl) -> None:
     """Turn journal segments into Parquet parts as they fill up, off the event loop."""
     while True:
         await anyio.sleep(0.2)
         if store.flush_due():
-            write = store.rotate()
-            await anyio.to_thread.run_sync(write)
+            try:
+                write = store.rotate()
+                await anyio.to_thread.run_sync(write)
+            except LocalFailureError as exc:
+                control.fail_locally(exc)  # the journal keeps the rows for the next start
+                return
 
 
 async def _watch_signals(control: StopControl, grace: float) -> None:

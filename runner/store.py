@@ -33,7 +33,7 @@ from typing import Any
 
 import polars as pl
 
-from runner.errors import RunDirError
+from runner.errors import LocalFailureError, RunDirError
 from runner.models import Attempt, RowResult
 from runner.parts import (
     ATTEMPT_SCHEMA,
@@ -43,6 +43,7 @@ from runner.parts import (
     fsync_dir,
     records_frame,
     result_record,
+    write_all,
     write_parquet_atomic,
 )
 
@@ -73,14 +74,19 @@ class RunStore:
         self._results: list[dict[str, Any]] = []
         self._attempts: list[dict[str, Any]] = []
         self._segment_opened = 0.0
+        self._segment_bytes = 0  # what the open segment holds: a failed append is cut back to it
 
     # ---- lifetime -------------------------------------------------------
 
     def open(self) -> None:
         """Create the layout, take the lock, recover what a crashed run left, start a segment."""
-        for directory in (self.results_dir, self.state_dir, self.attempts_dir, self.journal_dir):
-            directory.mkdir(parents=True, exist_ok=True)
-        self._lock_fd = os.open(self.run_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            for directory in (self.results_dir, self.state_dir, self.attempts_dir):
+                directory.mkdir(parents=True, exist_ok=True)
+            self.journal_dir.mkdir(parents=True, exist_ok=True)
+            self._lock_fd = os.open(self.run_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise LocalFailureError.from_os_error(exc, self.run_dir) from None
         try:
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -99,10 +105,14 @@ class RunStore:
     def close(self) -> None:
         """Turn the open segment into a part and release the lock."""
         if self._segment_fd is not None:
-            self.flush()
+            try:
+                self.flush()
+                (self.journal_dir / f"segment-{self._segment:06d}.jsonl").unlink(missing_ok=True)
+            except (LocalFailureError, OSError) as exc:
+                # The journal still holds every row: the next start turns it into a part.
+                log.warning("%s; the journal keeps the rows until the next start", exc)
             os.close(self._segment_fd)
             self._segment_fd = None
-            (self.journal_dir / f"segment-{self._segment:06d}.jsonl").unlink(missing_ok=True)
         if self._lock_fd is not None:
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
             os.close(self._lock_fd)
@@ -147,7 +157,11 @@ class RunStore:
 
     def _open_segment(self) -> None:
         path = self.journal_dir / f"segment-{self._segment:06d}.jsonl"
-        self._segment_fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            self._segment_fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        except OSError as exc:
+            raise LocalFailureError.from_os_error(exc, path) from None
+        self._segment_bytes = 0
         self._segment_opened = time.monotonic()
 
     def record(self, result: RowResult | None, attempts: Iterable[Attempt]) -> None:
@@ -157,7 +171,16 @@ class RunStore:
             "a": [attempt_record(a) for a in attempts],
         }
         assert self._segment_fd is not None, "store is not open"
-        os.write(self._segment_fd, (json.dumps(entry, ensure_ascii=False) + "\n").encode())
+        line = (json.dumps(entry, ensure_ascii=False) + "\n").encode()
+        try:
+            write_all(self._segment_fd, line, self.journal_dir)
+        except OSError as exc:
+            # Whole or not at all: cut a partial record off, so the journal stays readable
+            # (should that fail too, recovery skips the torn line and the row runs again).
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._segment_fd, self._segment_bytes)
+            raise LocalFailureError.from_os_error(exc, self.journal_dir) from None
+        self._segment_bytes += len(line)
         if entry["r"] is not None:
             self._results.append(entry["r"])
         self._attempts.extend(entry["a"])
@@ -241,6 +264,7 @@ class RunStore:
         self, path: Path, columns: list[str] | None = None, state: list[str] | None = None
     ) -> pl.DataFrame | None:
         """A results part (`columns`) with its state (`state`) beside it; None if damaged."""
+        _check_openable(path, self.state_dir / path.name)
         try:
             if columns == []:  # only the row count, from the footer
                 rows = pl.scan_parquet(path).select(pl.len()).collect().item()
@@ -394,6 +418,18 @@ class RunStore:
         if part is None:
             raise RunDirError(f"{self.results_dir}: part {number} became unreadable")
         return part.drop("line").with_row_index("row")
+
+
+def _check_openable(*paths: Path) -> None:
+    """Raise LocalFailureError if a part cannot be opened for a local reason (no file
+    handle left, no permission), so it is never taken for a damaged one and sent again."""
+    for path in paths:
+        try:
+            os.close(os.open(path, os.O_RDONLY))
+        except FileNotFoundError:
+            continue  # a missing file is a damaged part: the reader says so
+        except OSError as exc:
+            raise LocalFailureError.from_os_error(exc, path) from None
 
 
 def _scan_results(paths: list[Path]) -> pl.LazyFrame:
