@@ -1,18 +1,21 @@
 """`--max-cost`: never start a request that could carry the spend past the cap.
 
-Before a row is sent, the pool asks `Budget.admit`: money already spent (this run id's
+Before a row is sent, the pool asks `Budget.reserve`: money already spent (this run id's
 earlier sessions included, rows and failed attempts) plus the worst case of every
 request in flight plus this one's worst case must stay within the cap. The worst case
 prices the request's estimated input (with a margin, the estimate is local) at the
 dearest input-side rate (a 1-hour cache write costs more than plain input) and
 `max_tokens` of output, in the long-prompt band if the prompt could reach it, at the
 highest regional multiplier. Per-request fees (web search) are not bounded. Once a
-row is refused the run stops dispatching, lets what is in flight finish, and exits 5.
+row cannot fit even when what is in flight has finished, the run stops dispatching,
+lets what is in flight finish, and exits 5.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+import anyio
 
 from runner.accounting import RunReader, account
 from runner.errors import UsageError
@@ -37,6 +40,7 @@ class Budget:
         self.reserved = 0.0
         self.reached = False
         self._geo = max(prices.multipliers(), default=1.0)
+        self._released = anyio.Event()
 
     @property
     def spent(self) -> float:
@@ -55,18 +59,29 @@ class Budget:
         tokens = prompt * dearest_input + request.max_tokens * price.output
         return tokens * self._geo / _PER_TOKEN
 
-    def admit(self, request: Request) -> float | None:
-        """Reserve the request's worst case, or None (and `reached`) if it would pass the cap."""
+    async def reserve(self, request: Request) -> float | None:
+        """Reserve the request's worst case once it fits; None (and `reached`) if it never will.
+
+        A request that fits only once rows in flight have finished (their actual cost
+        is usually below their worst case) waits for them rather than ending the run.
+        """
         worst = self.worst_case(request)
-        if self.spent + self.reserved + worst > self.cap:
-            self.reached = True
-            return None
-        self.reserved += worst
-        return worst
+        while not self.reached:
+            if self.spent + self.reserved + worst <= self.cap:
+                self.reserved += worst
+                return worst
+            if self.reserved <= 0 or self.spent + worst > self.cap:
+                break
+            if self._released.is_set():
+                self._released = anyio.Event()
+            await self._released.wait()
+        self.reached = True
+        return None
 
     def release(self, reservation: float) -> None:
         """The request finished: its actual cost is in `spent` now."""
         self.reserved = max(0.0, self.reserved - reservation)
+        self._released.set()
 
     def message(self) -> str:
         """Why the run stopped, for the final lines."""

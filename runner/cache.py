@@ -65,6 +65,7 @@ class AnswerCache:
             status=Status.OK,
             model=request.model,
             fingerprint=request.fingerprint,
+            key=request.identity,
             output_text=entry.get("text"),
             stop_reason=entry.get("stop_reason"),
             cost_usd=0.0,

@@ -60,6 +60,7 @@ class Deduper:
             id=request.row_id,
             line=request.line,
             fingerprint=request.fingerprint,
+            key=request.identity,
             usage=None,
             cost_usd=0.0,
             attempts=0,

@@ -175,7 +175,7 @@ class WorkerPool:
         elif self.budget is None:
             result = await self.process(item)
         else:
-            reservation = self.budget.admit(request)
+            reservation = await self.budget.reserve(request)
             if reservation is None:
                 # The cap is near: send nothing new, let what is in flight finish.
                 self.control.stop(math.inf)

@@ -15,9 +15,11 @@ def _rows() -> list[dict[str, str]]:
     return [{"id": f"{i:03d}", "prompt": f"prompt {i % 4}"} for i in range(12)]
 
 
-def test_identical_requests_are_sent_once_and_copied(tmp_path: Path) -> None:
+@pytest.mark.parametrize("id_column", ["id", None], ids=["ids", "no-ids"])
+def test_identical_requests_are_sent_once_and_copied(tmp_path: Path, id_column: str) -> None:
+    rows = _rows() if id_column else [{"prompt": r["prompt"]} for r in _rows()]
     with serve_in_thread(MockConfig(latency_ms=30)) as mock:
-        outcome = run_rows(tmp_path, mock.base_url, _rows(), dedupe=True)
+        outcome = run_rows(tmp_path, mock.base_url, rows, dedupe=True, id_column=id_column)
         sent = mock.record.totals()["requests"]
     assert outcome.exit_code == 0
     assert sent == 4  # the mock's own count: one request per distinct prompt
