@@ -13,7 +13,9 @@ request rate is learned from 429s alone (see RateLearner). A 429 or 529 with a
 `retry-after` pauses every worker for it (at most `max_retry_after`); any 429 or 529
 lowers the admitted rate and the concurrency cap, which grow back gradually. A run
 starts with one request in flight and opens one more slot per successful response's
-headers (slow start), so long streams do not hold back the start.
+headers (slow start), so long streams do not hold back the start; from the first
+success until the first 429 or 529 the cap also doubles on a clock, so thousands of
+slots fill in seconds even when answers take seconds to begin.
 """
 
 from __future__ import annotations
@@ -39,6 +41,10 @@ _HEADER_NAMES = {"rpm": "requests", "itpm": "input-tokens", "otpm": "output-toke
 # and adds one per successful response's headers (slow start: doubling each round
 # trip, however long the streams then take).
 START_CONCURRENCY = 1
+# Once a response succeeded, and until the first 429 or 529, the cap also doubles every
+# this many seconds: with 2 s to the first byte, 2,000 slots are open within 5 s
+# (bench/streams.py's 2000 profile), where doubling per round trip took 22 s.
+START_DOUBLING_S = 0.1
 CONCURRENCY_DECREASE = 0.7
 # Without a pause to group them, 429s and 529s this close together are one event: the
 # answers of requests already in flight. One concurrency cut per event.
@@ -82,6 +88,7 @@ class RateLimiter:
         self._output_in_flight = 0
         self._cooldown_until = now
         self._last_cut = -math.inf
+        self._filling_since: float | None = None  # the first success, while the cap doubles
         self._output = RunningMean()
         self._input_factor = RunningMean()
         self.waiting_on: str | None = None
@@ -127,6 +134,8 @@ class RateLimiter:
         now = self._tick()
         if response.status_code < 300:
             self.concurrency = min(self.max_concurrency, self.concurrency + 1)
+            if self._filling_since is None and not self.overloaded:
+                self._filling_since = now
         headers = _ratelimit_headers(response.headers)
         for name in METERS:
             prefix = f"{_RATELIMIT_PREFIX}{_HEADER_NAMES[name]}"
@@ -239,8 +248,9 @@ class RateLimiter:
         self._tick()
 
     def _tick(self) -> float:
-        """Bring every bucket, the backoff and the learned rate up to now."""
+        """Bring every bucket, the backoff, the learned rate and the start-up cap up to now."""
         now = self._clock()
+        self._fill(now)
         self.backoff.advance(now)
         self.learner.advance(now)
         rpm = self.buckets["rpm"]
@@ -250,6 +260,26 @@ class RateLimiter:
         for bucket in self.buckets.values():
             bucket.advance(now, self._scale(bucket, now))
         return now
+
+    def _fill(self, now: float) -> None:
+        """Double the cap on schedule from the first success, until full or pushed back."""
+        if self._filling_since is None:
+            return
+        if self.overloaded or self.concurrency >= self.max_concurrency:
+            self._filling_since = None
+            return
+        doublings = min(32.0, (now - self._filling_since) / START_DOUBLING_S)
+        scheduled = int(START_CONCURRENCY * 2.0**doublings + 1e-6)
+        self.concurrency = min(self.max_concurrency, max(self.concurrency, scheduled))
+
+    def _until_next_slot(self, now: float) -> float | None:
+        """Seconds until the schedule opens one more slot (None: only an answer opens one)."""
+        if self._filling_since is None:
+            return None
+        at = self._filling_since + START_DOUBLING_S * math.log2(
+            (self.concurrency + 1) / START_CONCURRENCY
+        )
+        return max(0.001, at - now)
 
     def _scale(self, bucket: Bucket, now: float) -> float:
         """The share of a known limit used now: the start-up ramp times the 429 backoff."""
@@ -262,7 +292,7 @@ class RateLimiter:
         if now < self._cooldown_until:
             return "cooldown", self._cooldown_until - now
         if self.in_flight >= self.concurrency:
-            return "concurrency", None
+            return "concurrency", self._until_next_slot(now)
         needs = {
             "rpm": 1.0,
             "itpm": self._input_estimate(request),

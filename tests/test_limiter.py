@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import anyio
 import httpx
 import pytest
 from helpers import prompts, run_rows, write_jsonl
@@ -22,7 +23,7 @@ from runner.buckets import (
     ramp,
 )
 from runner.job import Limits
-from runner.limiter import RateLimiter
+from runner.limiter import CONCURRENCY_DECREASE, START_DOUBLING_S, RateLimiter
 from runner.mock import MockConfig, ServedAttempt, serve_in_thread
 from runner.models import Request, Usage
 
@@ -338,3 +339,28 @@ def test_a_huge_retry_after_is_capped_by_max_retry_after(tmp_path: Path) -> None
         )  # fmt: skip
     # Uncapped, the whole pool would have paused for an hour: the timeout would fire.
     assert proc.returncode == 0, proc.stderr.decode()
+
+
+def test_the_cap_doubles_on_a_clock_from_the_first_success_until_pushed_back() -> None:
+    clock = FakeClock()
+    limiter = RateLimiter(Limits(concurrency=2000), clock)
+
+    async def admit(count: int) -> None:
+        with anyio.fail_after(5):  # a request the cap holds back would wait for ever here
+            for _ in range(count):
+                await limiter.admit(_request())
+
+    anyio.run(admit, 1)  # the first request goes alone: its answer may bring limits
+    assert limiter.snapshot()["concurrency"] == 1
+    limiter.observe(httpx.Response(200))  # its headers: the endpoint works
+    clock.now += 11 * START_DOUBLING_S
+    anyio.run(admit, 1999)  # 2 ** 11 >= 2000: every slot is open
+    assert limiter.in_flight == 2000 and limiter.snapshot()["concurrency"] == 2000
+
+    pushed = RateLimiter(Limits(concurrency=2000), clock)
+    pushed.observe(httpx.Response(200))
+    clock.now += 3 * START_DOUBLING_S
+    assert pushed.snapshot()["concurrency"] == 8
+    pushed.on_overloaded(429, None)  # pushed back: only answers open slots from here
+    clock.now += 11 * START_DOUBLING_S
+    assert pushed.snapshot()["concurrency"] == int(8 * CONCURRENCY_DECREASE)
