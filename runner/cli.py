@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import sys
 import time
 from pathlib import Path
@@ -48,6 +49,8 @@ def cli(debug: bool) -> None:
 
 def main() -> None:
     """The `runner` command: a bug shows as one line unless --debug asks for the traceback."""
+    # SIGTERM (a scheduler stopping the job) is handled like Ctrl-C everywhere: exit 130.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         cli(standalone_mode=False)
     except click.exceptions.Abort:

@@ -41,7 +41,7 @@ from runner.lifecycle import check_model
 from runner.limiter import RateLimiter
 from runner.logs import bind_run, log_start
 from runner.models import InvalidRow, Request, RowResult, Status
-from runner.outcome import sessions_of
+from runner.outcome import sessions_of, state_for
 from runner.parts import write_json_atomic
 from runner.pilot import adopt_pilot
 from runner.pool import StopControl, WorkerPool, WorkItem
@@ -49,6 +49,7 @@ from runner.pricing import PriceTable
 from runner.render import Renderer
 from runner.resume import DoneRows, Triage, batches, rows_key
 from runner.runs import existing_run, job_runs, latest_run
+from runner.signals import NotedSignals, noting_signals
 from runner.stats import RunStats
 from runner.store import RunStore, open_store
 from runner.summary import status_counts, summarize
@@ -162,25 +163,28 @@ def execute(job: Job, options: RunOptions) -> RunOutcome:
     check_endpoint(api_key, job.base_url, job.allow_insecure_http)
     renderer, reader = open_input(job)
     try:
-        prices = PriceTable.load(job.prices, job.price_overrides or None)
-        run_dir = resolve_run_dir(job, options)
-        bind_run(run_dir.name, job.name)
-        check_model(prices, job.request.model, allow_retired=options.allow_retired)
-        check_budget(job, prices)
-        check_dedupe(job)
-        if not options.pilot:
-            adopt_pilot(job, options.output_dir, run_dir)
-        try:
+        # From here a signal is noted, not fatal: the run ends with its summary (exit 130).
+        with noting_signals() as signals:
+            prices = PriceTable.load(job.prices, job.price_overrides or None)
+            run_dir = resolve_run_dir(job, options)
+            bind_run(run_dir.name, job.name)
+            check_model(prices, job.request.model, allow_retired=options.allow_retired)
+            check_budget(job, prices)
+            check_dedupe(job)
+            if not options.pilot:
+                adopt_pilot(job, options.output_dir, run_dir)
             try:
-                run_dir.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise LocalFailureError.from_os_error(exc, run_dir) from None
-            with open_store(run_dir) as store:
-                return _Session(job, options, store, reader, renderer, prices, api_key).run()
-        except LocalFailureError as exc:  # before the run could start: nothing was sent
-            command = resume_command(options.argv, run_dir.name)
-            exc.args = (f"{exc}; fix it, then resume with: {command}",)
-            raise
+                try:
+                    run_dir.mkdir(parents=True, exist_ok=True)
+                except OSError as exc:
+                    raise LocalFailureError.from_os_error(exc, run_dir) from None
+                with open_store(run_dir) as store:
+                    session = _Session(job, options, store, reader, renderer, prices, api_key)
+                    return session.run(signals)
+            except LocalFailureError as exc:  # before the run could start: nothing was sent
+                command = resume_command(options.argv, run_dir.name)
+                exc.args = (f"{exc}; fix it, then resume with: {command}",)
+                raise
     finally:
         reader.close()
 
@@ -213,7 +217,7 @@ class _Session:
         """The rows earlier sessions finished; read only if the input has to be read too."""
         return DoneRows(self.store)
 
-    def run(self) -> RunOutcome:
+    def run(self, signals: NotedSignals) -> RunOutcome:
         """Start, drive the pool unless nothing is left, then compact and summarise."""
         run_dir = self.store.run_dir
         run_info, key = self._start_run_json()
@@ -223,9 +227,14 @@ class _Session:
             self.stats.total_rows if self.stats.total_rows is not None else run_info["input_rows"]
         )
         log_start(self.job, run_dir, rows, resumed=resumed)
-        if exit_code is None:
+        if signals.arrived:  # during start-up: nothing is sent
+            exit_code = EXIT_INTERRUPTED
+        elif exit_code is None:
             exit_code = anyio.run(self._drive)
+            signals.install()  # the event loop put the default handlers back
         exit_code = self._keep_on_disk(exit_code)
+        if signals.arrived and exit_code != EXIT_LOCAL:
+            exit_code = EXIT_INTERRUPTED  # during compaction: it finished, the run stops
         self.stats.stop_clock()
         if self.stats.total_rows is not None:
             run_info["input_rows"] = self.stats.total_rows  # "of N" in every report
@@ -270,15 +279,36 @@ class _Session:
             # Every row was seen and has its outcome on disk.
             run_info["settled"] = {"key": key, "rows": summary["rows"]["total"]}
         run_info["counts"] = summary["rows"]
+        exit_code = self._late_signal(signals, exit_code, summary, run_info)
         try:
             write_json_atomic(run_dir / "run.json", run_info)
             write_json_atomic(run_dir / "summary.json", summary)
+            if self._late_signal(signals, exit_code, summary, run_info) != exit_code:
+                exit_code = EXIT_INTERRUPTED  # while writing them: write them again
+                write_json_atomic(run_dir / "run.json", run_info)
+                write_json_atomic(run_dir / "summary.json", summary)
         except LocalFailureError as exc:
             # Every row is safe in the parts and the journal; only this record is missing.
             message = f"stopped: {exc} (run.json and summary.json not updated)"
             exit_code = summary["exit_code"] = EXIT_LOCAL
             summary["resume_command"] = resume_command(self.options.argv, run_dir.name)
         return RunOutcome(exit_code, run_dir, summary, message, self.stats)
+
+    def _late_signal(
+        self,
+        signals: NotedSignals,
+        exit_code: int,
+        summary: dict[str, Any],
+        run_info: dict[str, Any],
+    ) -> int:
+        """A signal while the run was summarised: exit 130, as if it came a moment earlier."""
+        if not signals.arrived or exit_code in (EXIT_INTERRUPTED, EXIT_LOCAL):
+            return exit_code
+        summary["exit_code"] = EXIT_INTERRUPTED
+        summary["state"] = state_for(EXIT_INTERRUPTED).value
+        summary["resume_command"] = resume_command(self.options.argv, self.store.run_dir.name)
+        run_info["settled"] = None
+        return EXIT_INTERRUPTED
 
     def _keep_on_disk(self, exit_code: int) -> int:
         """Compact a finished session, else turn the journal into parts; exit 4 if the disk

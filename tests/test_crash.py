@@ -331,3 +331,51 @@ def test_a_second_process_on_the_same_run_is_refused(tmp_path: Path) -> None:
         # The kernel dropped the dead process's lock: the next run starts cleanly.
         third = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=120)
         assert third.returncode == 0, third.stderr
+
+
+def _stop_and_signal(proc: subprocess.Popen[str], signum: signal.Signals) -> None:
+    """Freeze the process where it is, queue `signum`, and let it go on: it lands there."""
+    proc.send_signal(signal.SIGSTOP)
+    proc.send_signal(signum)
+    proc.send_signal(signal.SIGCONT)
+
+
+@pytest.mark.parametrize(
+    ("phase", "signum"),
+    [
+        ("start-up", signal.SIGTERM),
+        ("start-up", signal.SIGINT),
+        ("compaction and summary", signal.SIGTERM),
+    ],
+)
+def test_a_signal_in_any_phase_ends_with_130_the_summary_and_the_resume_command(
+    tmp_path: Path, phase: str, signum: signal.Signals
+) -> None:
+    rows = prompts(2000, prefix=f"phase{int(signum)}")
+    input_path = write_jsonl(tmp_path / "in.jsonl", rows)
+    out = tmp_path / "out"
+    with serve_in_thread(MockConfig()) as mock:
+        cmd = _command(input_path, mock.base_url, out)
+        cmd[cmd.index("--concurrency") + 1] = "64"
+        proc = _start(cmd, tmp_path)
+        assert proc.stderr is not None
+        if phase == "start-up":
+            for line in proc.stderr:  # the first thing a run logs: which run it is
+                if "starting a new run r1" in line:
+                    break
+        else:  # every answer was sent: what is left is recording, compaction and summary
+            deadline = time.monotonic() + 60
+            while mock.record.totals()["requests"] < len(rows) and time.monotonic() < deadline:
+                time.sleep(0.005)
+        _stop_and_signal(proc, signum)
+        stdout, stderr = proc.communicate(timeout=60)
+        assert proc.returncode == 130, stderr
+        assert "state: interrupted (exit 130)" in stdout
+        assert "resume with: runner run" in stdout and "--run-id r1" in stdout
+        assert "Traceback" not in stderr
+        sent = mock.record.totals()["requests"]
+        again = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        assert again.returncode == 0, again.stderr
+        # Nothing paid twice: the resume sends exactly the rows not sent before.
+        assert mock.record.totals()["requests"] == len(rows)
+    print(f"{phase} {signum.name}: {sent} sent before the signal, exit 130")
