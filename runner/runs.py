@@ -13,9 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from runner.errors import UsageError
-
-# summary.json's exit codes of a run that ended with every row given an outcome.
-_FINISHED_CODES = frozenset({0, 1})
+from runner.outcome import state_for
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,7 +22,7 @@ class RunEntry:
 
     path: Path
     started_at: str  # ISO 8601, UTC: the start of the run's latest session
-    state: str  # "finished", "interrupted" (stopped, resumable) or "crashed" (never ended)
+    state: str  # as summary.json says (finished, interrupted, stopped, budget), or "crashed"
 
     @property
     def run_id(self) -> str:
@@ -43,15 +41,10 @@ def job_runs(job_dir: Path) -> list[RunEntry]:
         info = _read_json(path / "run.json")
         if info is None:
             continue
-        ended = info.get("ended_at") is not None
         exit_code = (_read_json(path / "summary.json") or {}).get("exit_code")
-        state = (
-            "crashed"
-            if not ended
-            else "finished"
-            if exit_code in _FINISHED_CODES
-            else "interrupted"
-        )
+        state = "crashed"  # its last session never wrote its end
+        if info.get("ended_at") is not None and isinstance(exit_code, int):
+            state = state_for(exit_code).value
         entries.append(RunEntry(path, str(info.get("started_at") or ""), state))
     return sorted(entries, key=lambda entry: (entry.started_at, entry.run_id))
 

@@ -3,7 +3,7 @@
     RUN_DIR/
       run.json, summary.json     written whole to a temporary name, then renamed
       results/part-N.parquet     the report contract's columns, exactly
-      state/part-N.parquet       (line, fingerprint) for the same rows, in the same order
+      state/part-N.parquet       (key, line, fingerprint) for the same rows, in the same order
       attempts/part-N.parquet    one row per HTTP attempt
       journal/segment-N.jsonl    rows finished since part N-1, one JSON line each
       .lock                      flock'd by the live run; the kernel drops it if the run dies
@@ -13,9 +13,11 @@ fsync; a `kill -9` cannot lose what the kernel already has), so a crash loses on
 the requests in flight. Every `PART_ROWS` rows or `PART_SECONDS` the segment becomes
 Parquet part N (temporary name, fsync, rename) and is deleted; a segment left by a
 crash is turned into its part at the next start. Part N is written for segment N
-only, so doing it twice is harmless. Readers keep, per row, the highest part's
-version: compaction writes new parts (one per `COMPACT_LINES` input lines) and only
-then deletes the old ones, so a crash between the two steps changes nothing a reader sees.
+only, so doing it twice is harmless. Readers keep, per row key, the highest part's
+version (part_index.py): compaction writes new parts (`COMPACT_LINES` rows each, in
+input order) and only then deletes the old ones, so a crash between the two steps
+changes nothing a reader sees. Every write is whole or not at all; a local failure
+(disk full, no file handles) raises LocalFailureError and leaves the journal readable.
 """
 
 from __future__ import annotations
@@ -35,6 +37,13 @@ import polars as pl
 
 from runner.errors import LocalFailureError, RunDirError
 from runner.models import Attempt, RowResult
+from runner.part_index import (
+    check_openable,
+    in_order,
+    index_of,
+    read_state,
+    scan_results_parts,
+)
 from runner.parts import (
     ATTEMPT_SCHEMA,
     RESULT_SCHEMA,
@@ -264,14 +273,16 @@ class RunStore:
         self, path: Path, columns: list[str] | None = None, state: list[str] | None = None
     ) -> pl.DataFrame | None:
         """A results part (`columns`) with its state (`state`) beside it; None if damaged."""
-        _check_openable(path, self.state_dir / path.name)
+        check_openable(path, self.state_dir / path.name)
         try:
             if columns == []:  # only the row count, from the footer
                 rows = pl.scan_parquet(path).select(pl.len()).collect().item()
                 results = pl.repeat(None, rows, dtype=pl.Boolean, eager=True).alias("_").to_frame()
             else:
-                results = _scan_results([path]).select(columns or list(RESULT_SCHEMA)).collect()
-            state_frame = _read_state(self.state_dir / path.name, path, state)
+                results = (
+                    scan_results_parts([path]).select(columns or list(RESULT_SCHEMA)).collect()
+                )
+            state_frame = read_state(self.state_dir / path.name, path, state)
         except Exception as exc:  # polars raises several types for a damaged file
             log.warning("ignoring unreadable part %s: %s; its rows will be sent again", path, exc)
             return None
@@ -291,9 +302,9 @@ class RunStore:
         for path, number in self._parts(self.results_dir):
             part = self._read_part(path, list(columns), ["key", "line", "fingerprint"])
             if part is not None:
-                frames.append(_index_of(part, number, extra))
+                frames.append(index_of(part, number, extra))
         if not frames:
-            return _index_of(pl.DataFrame(schema=RESULT_SCHEMA | STATE_SCHEMA), 0, extra)
+            return index_of(pl.DataFrame(schema=RESULT_SCHEMA | STATE_SCHEMA), 0, extra)
         return pl.concat(frames, how="vertical_relaxed")
 
     def read_results(
@@ -323,10 +334,10 @@ class RunStore:
     ) -> pl.LazyFrame:
         """The results as a lazy frame: streamed from disk when compacted, else deduplicated."""
         index = self.index()
-        if index.is_empty() or not _in_order(index):
+        if index.is_empty() or not in_order(index):
             return self.read_results(with_state=with_state, columns=columns).lazy()
         names = [f"part-{n:06d}.parquet" for n in index["part"].unique(maintain_order=True)]
-        results = _scan_results([self.results_dir / name for name in names])
+        results = scan_results_parts([self.results_dir / name for name in names])
         if columns is not None:
             results = results.select(columns)
         if not with_state:
@@ -380,7 +391,7 @@ class RunStore:
                 pl.col("line").is_not_null() | (pl.col("status") != "invalid")
             )
         unchanged = winners.height == index.height and winners["line"].equals(index["line"])
-        if unchanged and _in_order(winners, compacted=True):
+        if unchanged and in_order(winners, COMPACT_LINES):
             return
         order = winners.sort("line", nulls_last=True, maintain_order=True)
         number = first_new = self._segment
@@ -418,64 +429,6 @@ class RunStore:
         if part is None:
             raise RunDirError(f"{self.results_dir}: part {number} became unreadable")
         return part.drop("line").with_row_index("row")
-
-
-def _check_openable(*paths: Path) -> None:
-    """Raise LocalFailureError if a part cannot be opened for a local reason (no file
-    handle left, no permission), so it is never taken for a damaged one and sent again."""
-    for path in paths:
-        try:
-            os.close(os.open(path, os.O_RDONLY))
-        except FileNotFoundError:
-            continue  # a missing file is a damaged part: the reader says so
-        except OSError as exc:
-            raise LocalFailureError.from_os_error(exc, path) from None
-
-
-def _scan_results(paths: list[Path]) -> pl.LazyFrame:
-    """Results parts as one lazy frame of today's columns.
-
-    A part written by an older version lacks the newer columns (served_model, say):
-    they read as null, so its rows are kept, never sent and paid for again.
-    """
-    return pl.scan_parquet(
-        paths, schema=RESULT_SCHEMA, missing_columns="insert", extra_columns="ignore"
-    )
-
-
-def _read_state(path: Path, results_path: Path, columns: list[str] | None) -> pl.DataFrame:
-    """A state part (`columns`); one written before rows had keys gets its rows' ids as keys."""
-    state = pl.scan_parquet(path, schema=STATE_SCHEMA, missing_columns="insert").collect()
-    if state.height and state["key"].null_count() == state.height:
-        ids = pl.read_parquet(results_path, columns=["id"])["id"]
-        state = state.with_columns(ids.alias("key"))
-    return state if columns is None else state.select(columns)
-
-
-# A row is its key (README: row identity); 64-bit hashes compare keys in memory.
-KEY_HASH = pl.col("key").hash().alias("key_hash")
-
-
-def _index_of(part: pl.DataFrame, number: int, extra: tuple[pl.Expr, ...]) -> pl.DataFrame:
-    return part.with_row_index("row").select(
-        KEY_HASH, pl.lit(number, pl.Int64).alias("part"), "row", "line", *extra
-    )
-
-
-def _in_order(index: pl.DataFrame, compacted: bool = False) -> bool:
-    """Whether reading the parts in turn gives every key once, in input order.
-
-    `compacted` also asks for the parts compaction writes: `COMPACT_LINES` rows each
-    but the last, so a run that finished in input order keeps no small parts.
-    """
-    lines = index["line"]
-    ordered = lines.is_null().is_sorted() and lines.drop_nulls().is_sorted()
-    if not (ordered and index["key_hash"].n_unique() == index.height):
-        return False
-    if not compacted:
-        return True
-    sizes = index.group_by("part", maintain_order=True).len()["len"]
-    return bool((sizes.head(-1) == COMPACT_LINES).all())
 
 
 def _read_journal(path: Path) -> Iterator[dict[str, Any]]:

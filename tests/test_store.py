@@ -13,6 +13,7 @@ import pytest
 
 import runner.store as store_module
 from runner.models import RowResult, Status, Usage
+from runner.part_index import KEY_HASH
 from runner.store import RunStore, open_store
 
 
@@ -75,7 +76,7 @@ def test_rows_no_longer_in_the_input_are_kept_and_moved_rows_reordered(
     # The next session read an input of rows 11..1 (reversed), then 12; 13..20 are gone.
     now = {f"id{n:04d}": 12 - n for n in range(1, 12)} | {"id0012": 12}
     with open_store(tmp_path) as store:
-        keys = pl.DataFrame({"key": list(now)}).select(store_module.KEY_HASH)["key_hash"]
+        keys = pl.DataFrame({"key": list(now)}).select(KEY_HASH)["key_hash"]
         store.compact(pl.DataFrame({"key_hash": keys, "line": list(now.values())}))
     results = RunStore(tmp_path).read_results(with_state=True)
     expected = [f"id{n:04d}" for n in (*range(11, 0, -1), 12)]
