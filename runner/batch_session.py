@@ -16,7 +16,7 @@ import httpx
 from runner.batch import BatchBackend
 from runner.batch_api import BatchApi
 from runner.batch_results import ItemSettler
-from runner.client import api_headers
+from runner.client import credentials_missing, job_headers
 from runner.errors import RunDirError, UsageError
 from runner.job import BatchSpec, Job, RequestSpec, RetrySpec
 from runner.pool import StopControl
@@ -30,7 +30,7 @@ log = logging.getLogger("runner")
 @contextlib.asynccontextmanager
 async def open_batch_backend(
     job: Job,
-    api_key: str,
+    api_key: str | None,
     store: RunStore,
     prices: PriceTable,
     stats: RunStats,
@@ -39,7 +39,7 @@ async def open_batch_backend(
     """The batch backend of a run, with its HTTP client open while it lasts."""
     timeout = httpx.Timeout(connect=30.0, read=job.retry.idle_timeout, write=300.0, pool=None)
     async with httpx.AsyncClient(timeout=timeout) as http:
-        api = BatchApi(http, job.base_url, api_headers(api_key))
+        api = BatchApi(http, job.base_url, job_headers(job.request, api_key))
         settler = ItemSettler(store.record, prices, stats, job.retry.max_attempts)
         yield BatchBackend(api, store, settler, stats, control, job.batch)
 
@@ -58,8 +58,8 @@ def cancel_run(
 ) -> CancelOutcome:
     """Cancel the run's batches still in progress, wait for them to end, record what ended."""
     api_key = api_key or os.environ.get("ANTHROPIC_API_KEY")
-    if not api_key:
-        raise UsageError("no API key: set ANTHROPIC_API_KEY")
+    if credentials_missing(api_key):
+        raise UsageError("no API key: set ANTHROPIC_API_KEY (or ANTHROPIC_AUTH_TOKEN)")
     job = _recorded_job(run_dir, base_url)
     prices = PriceTable.load(job.prices)
     stats, control = RunStats(), StopControl()

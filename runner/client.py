@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import email.utils
 import json
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import aclosing
 from typing import Any
 
@@ -51,17 +52,46 @@ FATAL_STATUSES = frozenset({401, 403})
 SPEND_CAP_CODE = "enforced_spend_limit_reached"
 
 
-def api_headers(api_key: str) -> httpx.Headers:
-    """Headers every request carries, as the official SDKs send them."""
-    return httpx.Headers(
-        {
-            "x-api-key": api_key,
-            "anthropic-version": ANTHROPIC_VERSION,
-            "content-type": "application/json",
-            "accept": "text/event-stream",
-            "user-agent": f"runner/{__version__}",
-        }
+def api_headers(
+    api_key: str | None,
+    *,
+    version: str | None = None,
+    beta: Sequence[str] = (),
+    auth_token: str | None = None,
+) -> httpx.Headers:
+    """Headers every request carries, as the official SDKs send them.
+
+    Like the SDKs, an API key goes in `x-api-key` and an auth token (ANTHROPIC_AUTH_TOKEN,
+    what some proxies want) in `Authorization: Bearer`; both are sent when both are set.
+    """
+    headers = {
+        "anthropic-version": version or ANTHROPIC_VERSION,
+        "content-type": "application/json",
+        "accept": "text/event-stream",
+        "user-agent": f"runner/{__version__}",
+    }
+    if api_key:
+        headers["x-api-key"] = api_key
+    if auth_token:
+        headers["authorization"] = f"Bearer {auth_token}"
+    if beta:
+        headers["anthropic-beta"] = ",".join(beta)
+    return httpx.Headers(headers)
+
+
+def job_headers(request: Any, api_key: str | None) -> httpx.Headers:
+    """`api_headers` for a job's [request] (version, betas) and the environment's auth token."""
+    return api_headers(
+        api_key,
+        version=request.anthropic_version,
+        beta=request.anthropic_beta or (),
+        auth_token=os.environ.get("ANTHROPIC_AUTH_TOKEN"),
     )
+
+
+def credentials_missing(api_key: str | None) -> bool:
+    """True when neither an API key nor ANTHROPIC_AUTH_TOKEN is there to authenticate with."""
+    return not api_key and not os.environ.get("ANTHROPIC_AUTH_TOKEN")
 
 
 def parse_retry_after(headers: httpx.Headers) -> float | None:

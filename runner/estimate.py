@@ -32,7 +32,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt
 
 from runner.accounting import RunReader
 from runner.apikey import check_endpoint
-from runner.client import api_headers, count_tokens
+from runner.client import count_tokens, credentials_missing, job_headers
 from runner.errors import ApiError, RejectedError, RetryableError, UsageError
 from runner.inputs import InputReader
 from runner.job import Job
@@ -92,10 +92,10 @@ class _Counted:
 def estimate(job: Job, options: EstimateOptions) -> dict[str, Any]:
     """Rows, tokens, cost (standard and batch) and wall time the job is expected to take."""
     api_key = options.api_key or os.environ.get("ANTHROPIC_API_KEY")
-    if not api_key and (not options.offline or options.pilot):
+    if credentials_missing(api_key) and (not options.offline or options.pilot):
         raise UsageError("no API key: set ANTHROPIC_API_KEY, or use --offline without --pilot")
-    if api_key:
-        check_endpoint(api_key, job.base_url, job.allow_insecure_http)
+    for secret in filter(None, (api_key, os.environ.get("ANTHROPIC_AUTH_TOKEN"))):
+        check_endpoint(secret, job.base_url, job.allow_insecure_http)
     renderer, reader = open_input(job)
     prices = PriceTable.load(job.prices, job.price_overrides or None)
     warnings = [
@@ -181,7 +181,7 @@ async def _count_all(
             counted.input_tokens += item.estimated_input_tokens
         return counted
     url = httpx.URL(f"{job.base_url}/v1/messages/count_tokens")
-    headers = api_headers(api_key)
+    headers = job_headers(job.request, api_key)
     limiter = anyio.CapacityLimiter(options.count_concurrency)
     async with new_http_client(options.count_concurrency, Bounds.of(job)) as http:
 

@@ -123,13 +123,23 @@ class InputReader:
         if self.columns and set(self.columns) == set(BATCH_REQUEST_KEYS):
             self.batch_requests = True
             self.id_column = self.id_column or BATCH_REQUEST_KEYS[0]
-        wanted = self.columns_needed + ((self.id_column,) if self.id_column else ())
+        self._check_columns(self.columns_needed)
+
+    def _check_columns(self, needed: Sequence[str]) -> None:
+        assert self.fmt is not None, "check() found the format"
+        wanted = (*needed, *((self.id_column,) if self.id_column else ()))
         if not self.columns:
             return  # nothing readable to check against: the rows say what is wrong
         for name in wanted:
             if name not in self.columns:
                 self.close()
                 raise InputFileError(self.fmt.missing(name, self.columns, self.name))
+
+    def require(self, columns: Sequence[str], *, per_row: bool = True) -> None:
+        """Columns the input must have (and each row too, with `per_row`), checked now."""
+        if per_row:
+            self.columns_needed = tuple(dict.fromkeys([*self.columns_needed, *columns]))
+        self._check_columns(columns)
 
     def close(self) -> None:
         """Close the input, read to its end or not."""

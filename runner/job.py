@@ -20,6 +20,7 @@ from runner.errors import JobFileError, UsageError
 from runner.input_formats import FORMATS
 from runner.input_source import STDIN
 from runner.render import parse_template
+from runner.request_params import KNOWN_PARAMS, close_known_param
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
 DEFAULT_OUTPUT_DIR = Path("reports")
@@ -46,6 +47,19 @@ class RequestSpec:
     top_k: int | None = None
     stop_sequences: list[str] | None = None
     cache_system: bool = False
+    # Any other Messages API parameter, passed on as it is (`[request.params]`):
+    # tools, tool_choice, thinking, output_config, metadata, service_tier, ...
+    params: dict[str, Any] | None = None
+    # Request field -> the column that sets it per row (`[request.columns]`); a column
+    # named model, system, max_tokens or messages sets that field unless row_fields = false.
+    columns: dict[str, str] | None = None
+    row_fields: bool = True
+    # Columns holding a path or URL of an image or PDF sent before the prompt.
+    attachments: list[str] | None = None
+    anthropic_version: str | None = None
+    anthropic_beta: list[str] | None = None
+    # Keep the answer's thinking text in the results (`thinking` column).
+    keep_thinking: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,6 +222,8 @@ def _expected_type(cls: type, name: str) -> Any:
     text = str(annotation)
     if text.startswith("list"):
         return list
+    if text.startswith("dict"):
+        return dict
     for token, kind in (("bool", bool), ("int", int), ("float", (int, float)), ("str", str)):
         if text.startswith(token):
             return kind
@@ -270,6 +286,8 @@ def load_job_file(path: Path) -> dict[str, Any]:
                 if sub not in names:
                     raise _unknown_key(sub, names, f"{key}.", path)
                 _check_type(sub_value, _expected_type(cls, sub), f"{key}.{sub}", path)
+                if key == "request" and sub in ("params", "columns"):
+                    _check_request_table(sub, sub_value, path)
                 settings[f"{key}.{sub}"] = sub_value
         elif key in _TOP_KEYS:
             _check_type(value, _TOP_KEYS[key], key, path)
@@ -277,6 +295,29 @@ def load_job_file(path: Path) -> dict[str, Any]:
         else:
             raise _unknown_key(key, valid_top, "", path)
     return settings
+
+
+# Parameters [request] sets by its own keys: [request.params] must not set them again.
+_OWN_KEYS = ("model", "max_tokens", "system", "temperature", "top_p", "top_k", "stop_sequences")
+
+
+def _check_request_table(name: str, table: dict[str, Any], path: Path) -> None:
+    """[request.params]: new names pass, typos of known ones do not; [request.columns]: text."""
+    for key, value in table.items():
+        where = f"request.{name}.{key}"
+        if name == "columns":
+            if not isinstance(value, str) or not value:
+                raise JobFileError(f"{path}: {where} must name a column, not {_toml_type(value)}")
+            if close_known_param(key) not in (None, key) or key == "stream":
+                raise _unknown_key(key, list(KNOWN_PARAMS), "request.columns.", path)
+            continue
+        if key in _OWN_KEYS or key == "messages":
+            raise JobFileError(f"{path}: {where}: set it as request.{key}, not in [request.params]")
+        close = close_known_param(key)
+        if key == "stream":
+            raise JobFileError(f"{path}: {where}: runner always streams; remove it")
+        if close is not None:
+            raise JobFileError(f"{path}: unknown key '{where}' (did you mean '{close}'?)")
 
 
 def _input_name(path: Path) -> str:
@@ -406,8 +447,6 @@ def resolve_job(job_file: Path | None, flags: dict[str, Any]) -> Job:
         allow_insecure_http=bool(settings.get("allow_insecure_http")),
         **sections,
     )
-    if not job.request.model:
-        raise UsageError(f"{where}no model: set [request] model in the job file or give --model")
     _check_values(job, origin)
     return job
 

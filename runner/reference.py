@@ -103,6 +103,18 @@ JOB_KEYS = {
     "request.stop_sequences": "Strings that end the answer where they appear "
     "(stop_reason `stop_sequence`). Default: none.",
     "request.cache_system": "Put `cache_control` on the system prompt, so rows share its cache.",
+    "request.params": "Any other Messages API parameter, passed on as it is ([request.params]: "
+    "tools, tool_choice, thinking, output_config, metadata, service_tier, ...). A new name is "
+    "sent; a typo of a known one is an error with a did-you-mean.",
+    "request.columns": "Request field -> the column that sets it per row ([request.columns], "
+    'e.g. `model = "model_name"`).',
+    "request.row_fields": "A column named model, system, max_tokens or messages sets that "
+    "field of its row's request.",
+    "request.attachments": "Columns holding a path or URL of an image or PDF, sent before the "
+    "prompt (local files as base64, the media type from the content).",
+    "request.anthropic_version": "The `anthropic-version` header. Default: 2023-06-01.",
+    "request.anthropic_beta": "`anthropic-beta` header values. Default: none.",
+    "request.keep_thinking": "Keep the answer's thinking text in the results' `thinking` column.",
     "batch.max_bytes": "Largest body of one batch in bytes; the Message Batches API takes at "
     "most 256 MB.",
     "retry.max_retry_after": "Longest `retry-after` honoured, in seconds; a longer one is "

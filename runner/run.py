@@ -32,7 +32,7 @@ from runner.backend import Backend, StreamBackend
 from runner.batch_session import open_batch_backend
 from runner.budget import check_budget, open_budget
 from runner.cache import AnswerCache
-from runner.client import api_headers
+from runner.client import credentials_missing, job_headers
 from runner.dedupe import Deduper, check_dedupe
 from runner.errors import LocalFailureError, RunnerError, UsageError
 from runner.inputs import InputReader, InvalidRowLog
@@ -146,21 +146,36 @@ def resume_command(argv: tuple[str, ...], run_id: str) -> str:
 
 
 def open_input(job: Job) -> tuple[Renderer, InputReader]:
-    """The job's renderer and its checked input: a bad template or file stops here."""
-    renderer = Renderer(job.request)
-    reader = InputReader(
-        job.input, fmt=job.input_format, id_column=job.id_column, columns_needed=renderer.columns
-    )
+    """The job's renderer and its checked input: a bad template, file or column stops here."""
+    reader = InputReader(job.input, fmt=job.input_format, id_column=job.id_column)
     reader.check()
+    try:
+        base = None if reader.source.is_stdin else job.input.parent
+        renderer = Renderer(
+            job.request, reader.columns or (), batch_requests=reader.batch_requests, base=base
+        )
+        reader.require(renderer.columns)
+        reader.require(renderer.optional_columns, per_row=False)
+        if not (job.request.model or reader.batch_requests or "model" in renderer.row_fields):
+            where = f"{job.job_file}: " if job.job_file else ""
+            raise UsageError(
+                f"{where}no model: set [request] model in the job file or give --model"
+            )
+    except BaseException:
+        reader.close()
+        raise
     return renderer, reader
 
 
 def execute(job: Job, options: RunOptions) -> RunOutcome:
     """Run `job` to completion (or to a stop) and return what happened."""
     api_key = options.api_key or os.environ.get("ANTHROPIC_API_KEY")
-    if not api_key:
-        raise UsageError("no API key: set ANTHROPIC_API_KEY (runner demo needs none)")
-    check_endpoint(api_key, job.base_url, job.allow_insecure_http)
+    if credentials_missing(api_key):
+        raise UsageError(
+            "no API key: set ANTHROPIC_API_KEY or ANTHROPIC_AUTH_TOKEN (runner demo needs none)"
+        )
+    for secret in filter(None, (api_key, os.environ.get("ANTHROPIC_AUTH_TOKEN"))):
+        check_endpoint(secret, job.base_url, job.allow_insecure_http)
     renderer, reader = open_input(job)
     try:
         # From here a signal is noted, not fatal: the run ends with its summary (exit 130).
@@ -168,7 +183,8 @@ def execute(job: Job, options: RunOptions) -> RunOutcome:
             prices = PriceTable.load(job.prices, job.price_overrides or None)
             run_dir = resolve_run_dir(job, options)
             bind_run(run_dir.name, job.name)
-            check_model(prices, job.request.model, allow_retired=options.allow_retired)
+            if job.request.model:
+                check_model(prices, job.request.model, allow_retired=options.allow_retired)
             check_budget(job, prices)
             check_dedupe(job)
             if not options.pilot:
@@ -199,7 +215,7 @@ class _Session:
     reader: InputReader
     renderer: Renderer
     prices: PriceTable
-    api_key: str
+    api_key: str | None
     stats: RunStats = field(default_factory=RunStats)
     control: StopControl = field(default_factory=StopControl)
     # Whether this session read the whole input (no --limit, no stop before its end).
@@ -495,7 +511,7 @@ class _Session:
                 WorkerPool(
                     http,
                     f"{job.base_url}/v1/messages",
-                    api_headers(self.api_key),
+                    job_headers(self.job.request, self.api_key),
                     self.limiter,
                     self.prices,
                     self.store.record,

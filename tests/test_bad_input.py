@@ -442,7 +442,8 @@ def test_a_real_key_is_masked_and_a_placeholder_is_not(
     env = {k: v for k, v in os.environ.items() if not k.startswith("ANTHROPIC")}
     env["ANTHROPIC_API_KEY"] = key
     done = subprocess.run(
-        [sys.executable, "-m", "runner", "run", "--input", f"{key}.jsonl", "--model", "m"],
+        [sys.executable, "-m", "runner", "run", "--input", f"{key}.jsonl",
+         "--model", "claude-sonnet-5-5"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert done.returncode == 2

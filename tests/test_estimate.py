@@ -83,16 +83,18 @@ def test_offline_states_its_error_and_its_bounds_hold(tmp_path: Path, mock_api) 
     assert "expect ±30%" in format_estimate(figures)
 
 
-def test_invalid_rows_are_counted_and_listed(tmp_path: Path, mock_api) -> None:
+def test_invalid_rows_are_counted_and_listed(tmp_path: Path) -> None:
     rows = [*prompts(5), {"id": "x"}, {"id": "y", "prompt": " "}, {"id": "000001", "prompt": "dup"}]
     path = write_jsonl(tmp_path / "input.jsonl", rows)
     with path.open("a", encoding="utf-8") as fh:
         fh.write("[1, 2]\n")
-    job = resolve_job(
-        None,
-        {"input": path, "id_column": "id", "base_url": mock_api.base_url, "request.model": "m"},
-    )
-    figures = estimate(job, EstimateOptions(output_dir=tmp_path / "reports"))
+    # "m" has no price; the mock serves it as a reseller's own model.
+    with serve_in_thread(MockConfig(models=("m",))) as server:
+        job = resolve_job(
+            None,
+            {"input": path, "id_column": "id", "base_url": server.base_url, "request.model": "m"},
+        )
+        figures = estimate(job, EstimateOptions(output_dir=tmp_path / "reports"))
     assert figures["rows"] == {"to_send": 5, "invalid": 4}
     assert figures["invalid"] == [
         f"{path}:6: missing field 'prompt'",
@@ -138,13 +140,21 @@ def test_the_cli_prints_json_and_needs_no_key_offline(
 def test_a_refused_key_stops_the_estimate(tmp_path: Path) -> None:
     path = write_jsonl(tmp_path / "input.jsonl", prompts(20))
     with serve_in_thread(MockConfig(api_key="another-key")) as server:
-        flags = {"input": path, "base_url": server.base_url, "request.model": "m"}
+        flags = {"input": path, "base_url": server.base_url, "request.model": "claude-sonnet-5-5"}
         job = resolve_job(None, flags)
         with pytest.raises(FatalApiError, match="401"):
             estimate(job, EstimateOptions(output_dir=tmp_path / "reports"))
         result = CliRunner().invoke(
             cli,
-            ["estimate", "--input", str(path), "--model", "m", "--base-url", server.base_url],
+            [
+                "estimate",
+                "--input",
+                str(path),
+                "--model",
+                "claude-sonnet-5-5",
+                "--base-url",
+                server.base_url,
+            ],
             catch_exceptions=False,
         )
     assert result.exit_code == 3

@@ -120,7 +120,6 @@ def test_integer_is_a_valid_number(tmp_path: Path) -> None:
             HEAD + 'prompt = "{text!r}"\n',
             "prompt template: placeholders are plain column names like {text}, not '{text!r}'",
         ),
-        ('input = "in.csv"\n', "no model: set [request] model in the job file or give --model"),
         ('[request]\nmodel = "m"\n', "no input file: give --input PATH or `input` in the job file"),
     ],
 )

@@ -20,7 +20,7 @@ WAIT_S = 10.0
 
 def params(prompt: str, **fields: Any) -> dict[str, Any]:
     return {
-        "model": "claude-mock",
+        "model": "claude-sonnet-5-5",
         "max_tokens": 100,
         "messages": [{"role": "user", "content": prompt}],
         **fields,
@@ -119,7 +119,7 @@ def test_invalid_params_are_errored_items_at_the_end_not_refused_at_create(
 ) -> None:
     sent = [
         {"custom_id": "good", "params": params("fine")},
-        {"custom_id": "bad", "params": {"model": "claude-mock", "messages": []}},
+        {"custom_id": "bad", "params": {"model": "claude-sonnet-5-5", "messages": []}},
     ]
     answer = client.post("/v1/messages/batches", json={"requests": sent})
     assert answer.status_code == 200

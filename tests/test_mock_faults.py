@@ -20,7 +20,7 @@ HEADERS = {"x-api-key": "test-key", "anthropic-version": "2023-06-01"}
 
 def body(prompt: str, stream: bool = True, **fields: Any) -> dict[str, Any]:
     return {
-        "model": "claude-mock",
+        "model": "claude-sonnet-5-5",
         "max_tokens": 300,
         "stream": stream,
         "messages": [{"role": "user", "content": prompt}],

@@ -23,7 +23,7 @@ def unique(text: str = "prompt") -> str:
 
 def body(prompt: str, **fields: Any) -> dict[str, Any]:
     return {
-        "model": "claude-mock",
+        "model": "claude-sonnet-5-5",
         "max_tokens": 200,
         "messages": [{"role": "user", "content": prompt}],
         **fields,
@@ -73,7 +73,7 @@ def test_stream_has_the_documented_event_sequence_and_shapes(client: httpx.Clien
     assert set(names[3:-3]) == {"content_block_delta"}
     assert all(data["type"] == name for name, data in events)
     message = events[0][1]["message"]
-    assert message["role"] == "assistant" and message["model"] == "claude-mock"
+    assert message["role"] == "assistant" and message["model"] == "claude-sonnet-5-5"
     assert message["id"].startswith("msg_") and message["content"] == []
     usage = message["usage"]
     assert usage["output_tokens"] == 1
@@ -148,10 +148,12 @@ def test_count_tokens_equals_the_input_a_message_reports(client: httpx.Client) -
             {"role": "user", "content": unique()},
         ],
     }
-    counted = client.post("/v1/messages/count_tokens", json={"model": "m", **prompt}).json()
-    usage = client.post("/v1/messages", json={"model": "m", "max_tokens": 9, **prompt}).json()[
-        "usage"
-    ]
+    counted = client.post(
+        "/v1/messages/count_tokens", json={"model": "claude-sonnet-5-5", **prompt}
+    ).json()
+    usage = client.post(
+        "/v1/messages", json={"model": "claude-sonnet-5-5", "max_tokens": 9, **prompt}
+    ).json()["usage"]
     total = (
         usage["input_tokens"]
         + usage["cache_creation_input_tokens"]
@@ -188,7 +190,12 @@ def test_second_breakpoint_reads_the_first_and_writes_the_rest(client: httpx.Cli
     }
     usage = client.post(
         "/v1/messages",
-        json={"model": "claude-mock", "max_tokens": 5, "system": [shared], "messages": [turn]},
+        json={
+            "model": "claude-sonnet-5-5",
+            "max_tokens": 5,
+            "system": [shared],
+            "messages": [turn],
+        },
     ).json()["usage"]
     assert usage["cache_read_input_tokens"] > 0
     assert (
@@ -236,11 +243,21 @@ def test_configured_api_key_must_match() -> None:
     ("payload", "fragment"),
     [
         (body("x", colour="blue"), "colour"),
-        ({"model": "m", "messages": [{"role": "user", "content": "x"}]}, "max_tokens"),
+        (
+            {"model": "claude-sonnet-5-5", "messages": [{"role": "user", "content": "x"}]},
+            "max_tokens",
+        ),
         (body("x", max_tokens=0), "max_tokens"),
         (body("x", model=""), "model"),
-        ({"model": "m", "max_tokens": 5, "messages": []}, "messages"),
-        ({"model": "m", "max_tokens": 5, "messages": [{"role": "bot", "content": "x"}]}, "role"),
+        ({"model": "claude-sonnet-5-5", "max_tokens": 5, "messages": []}, "messages"),
+        (
+            {
+                "model": "claude-sonnet-5-5",
+                "max_tokens": 5,
+                "messages": [{"role": "bot", "content": "x"}],
+            },
+            "role",
+        ),
         (body("x", temperature=3), "temperature"),
         (body("x", system=[{"type": "image"}]), "system.0"),
     ],

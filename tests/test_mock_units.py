@@ -22,7 +22,11 @@ from runner.mock.wire import parse_count_tokens_request, parse_messages_request
 
 
 def request(prompt: str = "hello", **fields: object) -> bytes:
-    payload = {"model": "m", "max_tokens": 500, "messages": [{"role": "user", "content": prompt}]}
+    payload = {
+        "model": "claude-sonnet-5-5",
+        "max_tokens": 500,
+        "messages": [{"role": "user", "content": prompt}],
+    }
     return json.dumps({**payload, **fields}).encode()
 
 

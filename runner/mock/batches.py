@@ -35,6 +35,7 @@ from runner.mock.cache import PromptCache
 from runner.mock.config import MockConfig
 from runner.mock.encode import dumps, error_object, message_object
 from runner.mock.faults import parse_markers, pick_fault
+from runner.mock.params import check_model
 from runner.mock.record import MockRecord, ServedAttempt
 from runner.mock.replies import generate_reply
 from runner.mock.wire import WireError, load_object, parse_messages_request, reject_extra
@@ -201,6 +202,7 @@ class BatchBook:
         request_id = "req_mock_" + os.urandom(12).hex()
         try:
             parsed = parse_messages_request(dumps(params))
+            check_model(parsed.model, self._config.models)
             parse_markers(parsed.prompt)  # a malformed marker is the caller's mistake
         except WireError as exc:
             return _errored(exc.error_type, exc.message, request_id)

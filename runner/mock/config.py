@@ -57,6 +57,8 @@ class MockConfig:
     context_window: int = 200_000
     # Answer every request as this model (message.model), as a reseller that substitutes.
     serve_model: str | None = None
+    # Models served besides those of runner's price table (any other is a 404, as on the API).
+    models: tuple[str, ...] = ()
     # Message Batches: how long a batch takes to process, each item's chance of ending
     # errored (api_error / overloaded_error) or expired, and the documented size limits.
     batch_processing_s: float = 0.5

@@ -8,23 +8,14 @@ multi-byte characters reach the client as raw UTF-8.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
 from runner.mock.replies import Reply
 
-_DELTA_HEAD = (
-    b"event: content_block_delta\n"
-    b'data: {"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":'
-)
-CONTENT_BLOCK_START = (
-    b"event: content_block_start\n"
-    b'data: {"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}'
-    b"\n\n"
-)
 PING = b'event: ping\ndata: {"type":"ping"}\n\n'
-CONTENT_BLOCK_STOP = b'event: content_block_stop\ndata: {"type":"content_block_stop","index":0}\n\n'
 MESSAGE_STOP = b'event: message_stop\ndata: {"type":"message_stop"}\n\n'
 # An event type no client knows yet; the docs ask clients to ignore such events.
 UNKNOWN_EVENT = (
@@ -98,22 +89,100 @@ def encode_stream(
         "stop_sequence": None,
         "usage": start_usage,
     }
-    head = sse("message_start", {"type": "message_start", "message": message})
+    start = sse("message_start", {"type": "message_start", "message": message})
+    head = b""
     delta = {
         "type": "message_delta",
         "delta": {"stop_reason": reply.stop_reason, "stop_sequence": reply.stop_sequence},
         "usage": {"output_tokens": reply.output_tokens},
     }
-    return EncodedStream(
-        head=head + CONTENT_BLOCK_START + PING,
-        deltas=tuple(
-            _DELTA_HEAD + b'"' + b"".join(map(_escaped, chunk)) + b'"}}\n\n'
+    index = 0
+    if reply.thinking:
+        head += _thinking_events(reply, index)
+        index += 1
+    deltas: tuple[bytes, ...] = ()
+    block_stop = b""
+    if reply.chunks or reply.tool_use is None:  # a reply without a tool call has text
+        head += _block_start(index, {"type": "text", "text": ""})
+        delta_head = (
+            b"event: content_block_delta\n"
+            b'data: {"type":"content_block_delta","index":' + str(index).encode() + b","
+            b'"delta":{"type":"text_delta","text":'
+        )
+        deltas = tuple(
+            delta_head + b'"' + b"".join(map(_escaped, chunk)) + b'"}}\n\n'
             for chunk in reply.chunks
-        ),
-        block_stop=CONTENT_BLOCK_STOP,
+        )
+        block_stop = _block_stop(index)
+        index += 1
+    if reply.tool_use is not None:
+        tool_events = _tool_use_events(reply.tool_use, index)
+        if head:
+            block_stop += tool_events
+        else:
+            head, block_stop = tool_events, b""
+    # The ping follows the first content_block_start, as in the docs' example stream.
+    first_end = head.index(b"\n\n") + 2
+    return EncodedStream(
+        head=start + head[:first_end] + PING + head[first_end:],
+        deltas=deltas,
+        block_stop=block_stop,
         message_delta=sse("message_delta", delta),
         message_stop=MESSAGE_STOP,
     )
+
+
+def _block_start(index: int, block: dict[str, Any]) -> bytes:
+    return sse(
+        "content_block_start",
+        {"type": "content_block_start", "index": index, "content_block": block},
+    )
+
+
+def _block_delta(index: int, delta: dict[str, Any]) -> bytes:
+    return sse(
+        "content_block_delta", {"type": "content_block_delta", "index": index, "delta": delta}
+    )
+
+
+def _block_stop(index: int) -> bytes:
+    return sse("content_block_stop", {"type": "content_block_stop", "index": index})
+
+
+def _thinking_events(reply: Reply, index: int) -> bytes:
+    """A thinking block: its deltas, then its signature (signature_delta) just before the stop."""
+    events = [_block_start(index, {"type": "thinking", "thinking": "", "signature": ""})]
+    events += [
+        _block_delta(index, {"type": "thinking_delta", "thinking": t}) for t in reply.thinking
+    ]
+    events.append(_block_delta(index, {"type": "signature_delta", "signature": reply.signature}))
+    events.append(_block_stop(index))
+    return b"".join(events)
+
+
+def _tool_use_events(call: Mapping[str, Any], index: int) -> bytes:
+    """A tool_use block: its input arrives as partial JSON (input_json_delta) in pieces."""
+    start = {"type": "tool_use", "id": call["id"], "name": call["name"], "input": {}}
+    text = json.dumps(call["input"], ensure_ascii=False)
+    pieces = [text[i : i + 12] for i in range(0, len(text), 12)]
+    events = [_block_start(index, start)]
+    events += [_block_delta(index, {"type": "input_json_delta", "partial_json": p}) for p in pieces]
+    events.append(_block_stop(index))
+    return b"".join(events)
+
+
+def content_blocks(reply: Reply) -> list[dict[str, Any]]:
+    """The content of the whole message, block by block."""
+    blocks: list[dict[str, Any]] = []
+    if reply.thinking:
+        blocks.append(
+            {"type": "thinking", "thinking": "".join(reply.thinking), "signature": reply.signature}
+        )
+    if reply.chunks or reply.tool_use is None:
+        blocks.append({"type": "text", "text": reply.text})
+    if reply.tool_use is not None:
+        blocks.append({"type": "tool_use", **reply.tool_use})
+    return blocks
 
 
 def message_object(
@@ -125,7 +194,7 @@ def message_object(
         "type": "message",
         "role": "assistant",
         "model": model,
-        "content": [{"type": "text", "text": reply.text}],
+        "content": content_blocks(reply),
         "stop_reason": reply.stop_reason,
         "stop_sequence": reply.stop_sequence,
         "usage": usage,

@@ -21,6 +21,7 @@ from runner.mock.cache import PromptCache
 from runner.mock.config import MockConfig
 from runner.mock.encode import dumps, error_body
 from runner.mock.faults import HTTP_FAULTS, RESET, Fault, parse_markers, pick_fault
+from runner.mock.params import check_model
 from runner.mock.ratelimit import RateLimiter
 from runner.mock.record import MockRecord, ServedAttempt
 from runner.mock.replies import generate_reply
@@ -200,7 +201,7 @@ async def _count_tokens(request: web.Request) -> web.StreamResponse:
 
 
 async def _parse(
-    request: web.Request, state: MockState, parse: Callable[[bytes], ParsedRequest]
+    request: web.Request, state: MockState, parse: Callable[[bytes, str], ParsedRequest]
 ) -> ParsedRequest:
     """Check the key and version headers, read the body within its limit, and parse it."""
     config = state.config
@@ -213,7 +214,9 @@ async def _parse(
             413,
             "request_too_large",
         ) from exc
-    return parse(body)
+    parsed = parse(body, request.headers.get("anthropic-version", ""))
+    check_model(parsed.model, config.models)  # after the body's shape, as the API checks
+    return parsed
 
 
 # ---- Message Batches (the book of batches is batches.py) ----------------------

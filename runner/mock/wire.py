@@ -6,12 +6,19 @@ Error messages follow the real API's `path: reason` form, e.g.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import json
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
+
+from runner.mock import params
+from runner.mock.errors import WireError
+
+__all__ = ["ParsedRequest", "WireError", "parse_count_tokens_request", "parse_messages_request"]
 
 # Tokens added for each message, standing in for the role markers a real tokenizer adds.
 MESSAGE_OVERHEAD_TOKENS = 3
@@ -30,21 +37,42 @@ _MESSAGES_FIELDS = frozenset(
         "stop_sequences",
         "metadata",
         "stream",
+        "tools",
+        "tool_choice",
+        "thinking",
+        "output_config",
+        "output_format",
+        "service_tier",
+        "container",
+        "context_management",
+        "mcp_servers",
+        "inference_geo",
     }
 )
-_COUNT_TOKENS_FIELDS = frozenset({"model", "messages", "system"})
+_COUNT_TOKENS_FIELDS = frozenset(
+    {"model", "messages", "system", "tools", "tool_choice", "thinking", "output_config"}
+)
+DEFAULT_VERSION = "2023-06-01"
+# Content blocks by role, and the fields each may carry.
+_BLOCK_FIELDS = {
+    "text": {"type", "text", "cache_control", "citations"},
+    "image": {"type", "source", "cache_control"},
+    "document": {"type", "source", "cache_control", "title", "context", "citations"},
+    "tool_use": {"type", "id", "name", "input", "cache_control"},
+    "tool_result": {"type", "tool_use_id", "content", "is_error", "cache_control"},
+    "thinking": {"type", "thinking", "signature"},
+    "redacted_thinking": {"type", "data"},
+}
+_USER_BLOCKS = ("text", "image", "document", "tool_result")
+_ASSISTANT_BLOCKS = ("text", "tool_use", "thinking", "redacted_thinking")
+_IMAGE_TYPES = ("image/jpeg", "image/png", "image/gif", "image/webp")
+# The mock's price of an image or a PDF in input tokens: the real API counts about
+# (width x height) / 750 for an image (at most ~1,600) and ~1,500-3,000 a PDF page.
+IMAGE_TOKENS_MAX = 1_600
+URL_IMAGE_TOKENS = 1_200
+PDF_BYTES_PER_TOKEN = 20
 _ROLES = ("user", "assistant")
 _TTLS = ("5m", "1h")
-
-
-class WireError(Exception):
-    """A request the API refuses; carries the HTTP status and the Anthropic error type."""
-
-    def __init__(self, message: str, status: int = 400, error_type: str = "invalid_request_error"):
-        super().__init__(message)
-        self.message = message
-        self.status = status
-        self.error_type = error_type
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +99,11 @@ class ParsedRequest:
     max_tokens: int = 0
     stream: bool = False
     stop_sequences: tuple[str, ...] = ()
+    tools: Mapping[str, Any] = field(default_factory=dict)  # custom tool name -> input_schema
+    tool_choice: Mapping[str, Any] | None = None
+    thinking: Mapping[str, Any] | None = None
+    output_schema: Mapping[str, Any] | None = None
+    answers_tool: bool = False  # the last user message returns a tool's result
 
 
 def check_api_headers(headers: Mapping[str, str], api_key: str | None) -> None:
@@ -92,9 +125,11 @@ def text_tokens(text: str) -> int:
     return math.ceil(len(text.encode("utf-8")) / 4)
 
 
-def parse_messages_request(body: bytes) -> ParsedRequest:
-    """Validate a `POST /v1/messages` body."""
+def parse_messages_request(body: bytes, version: str = DEFAULT_VERSION) -> ParsedRequest:
+    """Validate a `POST /v1/messages` body sent under `anthropic-version: version`."""
     data = load_object(body)
+    if version >= params.NO_SAMPLING_VERSION:
+        params.check_sampling(data, version)  # before the generic check: its own message
     reject_extra(data, _MESSAGES_FIELDS)
     max_tokens = data.get("max_tokens")
     if "max_tokens" not in data:
@@ -103,13 +138,7 @@ def parse_messages_request(body: bytes) -> ParsedRequest:
         raise WireError("max_tokens: Input should be a valid integer")
     if max_tokens < 1:
         raise WireError("max_tokens: Input should be greater than or equal to 1")
-    for name in ("temperature", "top_p"):
-        value = data.get(name)
-        if value is not None and (not _is_number(value) or not 0.0 <= value <= 1.0):
-            raise WireError(f"{name}: Input should be a number between 0 and 1")
-    top_k = data.get("top_k")
-    if top_k is not None and (not _is_int(top_k) or top_k < 0):
-        raise WireError("top_k: Input should be a non-negative integer")
+    params.check_sampling(data, version)
     stops = data.get("stop_sequences", [])
     if not isinstance(stops, list) or not all(isinstance(s, str) and s for s in stops):
         raise WireError("stop_sequences: Input should be a list of non-empty strings")
@@ -119,10 +148,11 @@ def parse_messages_request(body: bytes) -> ParsedRequest:
     stream = data.get("stream", False)
     if not isinstance(stream, bool):
         raise WireError("stream: Input should be a valid boolean")
+    params.check_service_tier(data)
     return _parse_prompt(data, max_tokens, stream, tuple(stops))
 
 
-def parse_count_tokens_request(body: bytes) -> ParsedRequest:
+def parse_count_tokens_request(body: bytes, version: str = DEFAULT_VERSION) -> ParsedRequest:
     """Validate a `POST /v1/messages/count_tokens` body (no max_tokens, no sampling)."""
     data = load_object(body)
     reject_extra(data, _COUNT_TOKENS_FIELDS)
@@ -139,6 +169,10 @@ def _parse_prompt(
         raise WireError("model: Input should be a non-empty string")
     if "messages" not in data:
         raise WireError("messages: Field required")
+    tools = params.parse_tools(data)
+    thinking = params.parse_thinking(data, max_tokens)
+    params.check_thinking_compatible(data, thinking)
+    output_schema = params.parse_output_schema(data)
     blocks: list[Block] = []
     system = data.get("system")
     if system is not None:
@@ -147,6 +181,7 @@ def _parse_prompt(
     if not isinstance(messages, list) or not messages:
         raise WireError("messages: at least one message is required")
     prompt = ""
+    answers_tool = False
     for i, message in enumerate(messages):
         path = f"messages.{i}"
         if not isinstance(message, dict):
@@ -163,14 +198,16 @@ def _parse_prompt(
             message["content"], role, f"{path}.content", first_overhead=MESSAGE_OVERHEAD_TOKENS
         )
         is_final_assistant = i == len(messages) - 1 and role == "assistant"
-        if not any(b.text for b in content) and not is_final_assistant:
+        if not any(b.text or b.tokens for b in content) and not is_final_assistant:
             raise WireError(
                 f"{path}: all messages must have non-empty content except for the optional "
                 "final assistant message"
             )
         if role == "user":
             prompt = "".join(b.text for b in content)
+            answers_tool = _has_tool_result(message["content"])
         blocks.extend(content)
+    params.check_prefill(model, messages)
     breakpoints = sum(1 for b in blocks if b.cache_ttl)
     if breakpoints > MAX_CACHE_BREAKPOINTS:
         raise WireError(
@@ -178,47 +215,129 @@ def _parse_prompt(
             f"Found {breakpoints}."
         )
     prompt_fields = {"model": model, "system": system, "messages": messages}
+    for name in ("tools", "tool_choice", "thinking", "output_config", "output_format"):
+        if data.get(name) is not None:
+            prompt_fields[name] = data[name]
     reply_seed = hashlib.sha256(_canonical(prompt_fields)).digest()
     key = hashlib.sha256(reply_seed + str(max_tokens).encode()).hexdigest()
+    tool_tokens = text_tokens(_canonical(data["tools"]).decode()) if data.get("tools") else 0
     return ParsedRequest(
         model=model,
         blocks=tuple(blocks),
-        input_tokens=sum(b.tokens for b in blocks),
+        input_tokens=sum(b.tokens for b in blocks) + tool_tokens,
         prompt=prompt,
         key=key,
         reply_seed=reply_seed,
         max_tokens=max_tokens,
         stream=stream,
         stop_sequences=stops,
+        tools=tools,
+        tool_choice=data.get("tool_choice"),
+        thinking=thinking,
+        output_schema=output_schema,
+        answers_tool=answers_tool,
     )
 
 
 def _content_blocks(content: Any, role: str, path: str, first_overhead: int) -> list[Block]:
-    """A string or a list of text blocks, as the API accepts for `system` and `content`."""
+    """A string or a list of blocks, as the API accepts for `system` and `content`."""
     if isinstance(content, str):
         return [Block(role, content, text_tokens(content) + first_overhead, True, None)]
     if not isinstance(content, list) or (role == "user" and not content):
         raise WireError(f"{path}: Input should be a valid string or a non-empty list of blocks")
+    allowed = {"user": _USER_BLOCKS, "assistant": _ASSISTANT_BLOCKS}.get(role, ("text",))
     blocks = []
     for j, raw in enumerate(content):
         where = f"{path}.{j}"
         if not isinstance(raw, dict):
             raise WireError(f"{where}: Input should be a valid dictionary")
-        if raw.get("type") != "text":
+        kind = raw.get("type")
+        if kind not in allowed:
+            tags = ", ".join(f"'{tag}'" for tag in allowed)
             raise WireError(
-                f"{where}: Input tag {raw.get('type')!r} found using 'type' does not match any "
-                "of the expected tags: 'text' (the mock API serves text only)"
+                f"{where}: Input tag {kind!r} found using 'type' does not match any "
+                f"of the expected tags: {tags}"
             )
-        extra = set(raw) - {"type", "text", "cache_control"}
+        extra = set(raw) - _BLOCK_FIELDS[kind]
         if extra:
             raise WireError(f"{where}.{sorted(extra)[0]}: Extra inputs are not permitted")
+        text, tokens = _block_content(kind, raw, where)
+        ttl = _cache_ttl(raw.get("cache_control"), f"{where}.cache_control")
+        overhead = first_overhead if j == 0 else 0
+        blocks.append(Block(role, text, tokens + overhead, j == 0, ttl))
+    return blocks
+
+
+def _block_content(kind: str, raw: dict[str, Any], where: str) -> tuple[str, int]:
+    """The text a block shows the model (for the prompt) and the input tokens it costs."""
+    if kind == "text":
         text = raw.get("text")
         if not isinstance(text, str) or not text:
             raise WireError(f"{where}.text: text content blocks must be non-empty")
-        ttl = _cache_ttl(raw.get("cache_control"), f"{where}.cache_control")
-        overhead = first_overhead if j == 0 else 0
-        blocks.append(Block(role, text, text_tokens(text) + overhead, j == 0, ttl))
-    return blocks
+        return text, text_tokens(text)
+    if kind in ("image", "document"):
+        return "", _media_tokens(kind, raw.get("source"), f"{where}.source")
+    if kind == "tool_use":
+        if not isinstance(raw.get("id"), str) or not isinstance(raw.get("name"), str):
+            raise WireError(f"{where}: tool_use blocks need an id and a name")
+        if not isinstance(raw.get("input"), dict):
+            raise WireError(f"{where}.input: Input should be a valid dictionary")
+        return "", text_tokens(_canonical(raw["input"]).decode()) + 10
+    if kind == "tool_result":
+        if not isinstance(raw.get("tool_use_id"), str):
+            raise WireError(f"{where}.tool_use_id: Field required")
+        inner = raw.get("content", "")
+        if isinstance(inner, list):
+            parts = _content_blocks(inner, "user", f"{where}.content", 0)
+            return "".join(b.text for b in parts), sum(b.tokens for b in parts)
+        if not isinstance(inner, str):
+            raise WireError(f"{where}.content: Input should be a valid string or list")
+        return inner, text_tokens(inner) + 5
+    if kind == "thinking":
+        if not isinstance(raw.get("thinking"), str) or not isinstance(raw.get("signature"), str):
+            raise WireError(f"{where}: thinking blocks need their thinking and signature")
+        return "", text_tokens(raw["thinking"])
+    if not isinstance(raw.get("data"), str):  # redacted_thinking
+        raise WireError(f"{where}.data: Field required")
+    return "", text_tokens(raw["data"]) // 4
+
+
+def _media_tokens(kind: str, source: Any, where: str) -> int:
+    """Input tokens of an image or document source, checked as the API checks it."""
+    if not isinstance(source, dict):
+        raise WireError(f"{where}: Field required")
+    source_type = source.get("type")
+    if source_type == "url":
+        if not isinstance(source.get("url"), str) or not source["url"].startswith("http"):
+            raise WireError(f"{where}.url: Input should be a valid URL")
+        return URL_IMAGE_TOKENS if kind == "image" else 3_000
+    if kind == "document" and source_type == "text":
+        if source.get("media_type") != "text/plain" or not isinstance(source.get("data"), str):
+            raise WireError(f"{where}.media_type: Input should be 'text/plain'")
+        return text_tokens(source["data"])
+    if source_type != "base64":
+        raise WireError(f"{where}.type: Input should be 'base64' or 'url'")
+    media_type = source.get("media_type")
+    allowed = _IMAGE_TYPES if kind == "image" else ("application/pdf",)
+    if media_type not in allowed:
+        names = ", ".join(f"'{t}'" for t in allowed)
+        raise WireError(f"{where}.media_type: Input should be {names}")
+    data = source.get("data")
+    try:
+        raw = base64.b64decode(data, validate=True) if isinstance(data, str) else b""
+    except binascii.Error:
+        raw = b""
+    if not raw:
+        raise WireError(f"{where}.data: Input should be non-empty valid base64")
+    if kind == "image":
+        return min(IMAGE_TOKENS_MAX, 85 + len(raw) // 100)
+    return 1_500 + len(raw) // PDF_BYTES_PER_TOKEN
+
+
+def _has_tool_result(content: Any) -> bool:
+    return isinstance(content, list) and any(
+        isinstance(b, dict) and b.get("type") == "tool_result" for b in content
+    )
 
 
 def _cache_ttl(control: Any, path: str) -> str | None:
