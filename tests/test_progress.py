@@ -192,6 +192,8 @@ def test_quiet_prints_only_the_final_line(tmp_path: Path, slow_api) -> None:
 
 
 def test_bad_usage_ends_with_a_final_line(tmp_path: Path) -> None:
+    # The model may come from the rows (a `model` column): the input is read first.
+    (tmp_path / "in.jsonl").write_text('{"prompt": "hi"}\n')
     command = [sys.executable, "-m", "runner", "run", "--input", str(tmp_path / "in.jsonl")]
     done = subprocess.run(command, capture_output=True, text=True, timeout=DEADLINE_S)
     assert done.returncode == 2

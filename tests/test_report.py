@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
@@ -16,6 +17,7 @@ from helpers import attempts_of, prompts, results_of, run_rows
 
 from runner.cli import cli
 from runner.client import api_headers, stream_message
+from runner.mock import MockConfig, MockServer, serve_in_thread
 from runner.models import Request
 from runner.pricing import PriceTable
 from runner.report import active_seconds, build_report, format_report
@@ -129,15 +131,25 @@ def test_failed_attempts_are_priced_and_reported_as_retry_cost(
     assert report["spend_usd"] == pytest.approx(report["cost_usd"] + expected, abs=1e-9)
 
 
+@pytest.fixture
+def reseller_api() -> Iterator[MockServer]:
+    """A mock that also serves models the price table does not know, as a reseller might."""
+    with serve_in_thread(MockConfig(models=("m-x", "m-y"))) as server:
+        yield server
+
+
 def test_an_unknown_model_costs_null_with_one_warning(
-    tmp_path: Path, mock_api, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    reseller_api: MockServer,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     logger = logging.getLogger("runner")
     # Counted at the "runner" logger alone, whether or not the CLI stopped its propagation.
     monkeypatch.setattr(logger, "propagate", False)
     logger.addHandler(caplog.handler)
     try:
-        outcome = run_rows(tmp_path, mock_api.base_url, prompts(5), **{"request.model": "m-x"})
+        outcome = run_rows(tmp_path, reseller_api.base_url, prompts(5), **{"request.model": "m-x"})
     finally:
         logger.removeHandler(caplog.handler)
     assert results_of(outcome.run_dir)["cost_usd"].null_count() == 5
@@ -236,10 +248,12 @@ def test_active_seconds_is_the_union_of_the_intervals() -> None:
     assert active_seconds([], []) == 0
 
 
-def test_priced_and_unpriced_rows_are_reported_apart(tmp_path: Path, mock_api) -> None:
-    priced = run_rows(tmp_path, mock_api.base_url, prompts(4, "p"), run_id="a")
+def test_priced_and_unpriced_rows_are_reported_apart(
+    tmp_path: Path, reseller_api: MockServer
+) -> None:
+    priced = run_rows(tmp_path, reseller_api.base_url, prompts(4, "p"), run_id="a")
     unpriced = run_rows(
-        tmp_path, mock_api.base_url, prompts(3, "u"), run_id="b", **{"request.model": "m-y"}
+        tmp_path, reseller_api.base_url, prompts(3, "u"), run_id="b", **{"request.model": "m-y"}
     )
     assert priced.run_dir.parent == unpriced.run_dir.parent  # one job, two runs
     job = build_report(priced.run_dir.parent)
