@@ -307,6 +307,7 @@ class _Session:
             # Every row is safe in the parts and the journal; only this record is missing.
             message = f"stopped: {exc} (run.json and summary.json not updated)"
             exit_code = summary["exit_code"] = EXIT_LOCAL
+            summary["state"], summary["reason"] = state_for(EXIT_LOCAL).value, str(exc)
             summary["resume_command"] = resume_command(self.options.argv, run_dir.name)
         return RunOutcome(exit_code, run_dir, summary, message, self.stats)
 

@@ -210,7 +210,7 @@ def test_bad_usage_ends_with_a_final_line(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("fault", "exit_code", "advice"),
-    [("400", 1, "some rows failed"), ("401", 3, "the API refused the run")],
+    [("400", 1, "some rows failed"), ("401", 3, "the run stopped (the API refused it")],
 )
 def test_failed_runs_say_what_to_do_next(
     tmp_path: Path, mock_api, capsys: pytest.CaptureFixture[str], fault: str, exit_code: int,
