@@ -32,7 +32,7 @@ def sse(event: str | None, data: Any) -> bytes:
     return head + b"data: " + json.dumps(data).encode() + b"\n\n"
 
 
-def message_start(model: str = "claude-sonnet-4-5") -> dict[str, Any]:
+def message_start(model: str = "claude-sonnet-5-5") -> dict[str, Any]:
     return {
         "type": "message_start",
         "message": {

@@ -82,7 +82,7 @@ def mutate(rng: random.Random) -> bytes:
 
 def _request(name: str) -> Request:
     body = {
-        "model": "claude-sonnet-4-5",
+        "model": "claude-sonnet-5-5",
         "max_tokens": 16,
         "stream": True,
         "messages": [{"role": "user", "content": f"[[body:{name}]]"}],
@@ -90,7 +90,7 @@ def _request(name: str) -> Request:
     return Request(
         row_id=name,
         line=1,
-        model="claude-sonnet-4-5",
+        model="claude-sonnet-5-5",
         max_tokens=16,
         body=json.dumps(body).encode(),
         fingerprint=name,
@@ -137,7 +137,7 @@ def test_a_run_over_mutated_streams_ends_with_no_internal_error(tmp_path: Path) 
         proc = subprocess.run(
             [
                 sys.executable, "-m", "runner", "run", "--input", str(tmp_path / "input.jsonl"),
-                "--id-column", "id", "--model", "claude-sonnet-4-5",
+                "--id-column", "id", "--model", "claude-sonnet-5-5",
                 "--base-url", server.base_url, "--output-dir", str(tmp_path / "reports"),
                 "--run-id", "fuzz", "--max-attempts", "2", "--quiet",
             ],

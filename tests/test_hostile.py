@@ -65,7 +65,7 @@ def run_kinds(tmp_path: Path, base_url: str, kinds: list[str], *flags: str):
         "r1",
         "--quiet",
         *flags,
-        *(() if "--model" in flags else ("--model", "claude-sonnet-4-5")),
+        *(() if "--model" in flags else ("--model", "claude-sonnet-5-5")),
     )
     return proc, tmp_path / "reports" / "input" / "r1"
 
@@ -143,7 +143,7 @@ def test_an_echoed_key_reaches_no_output(tmp_path: Path) -> None:
         outputs += [proc.stdout, proc.stderr]
         proc = runner(
             "estimate", "--input", str(tmp_path / "fatal" / "input.jsonl"), "--model",
-            "claude-sonnet-4-5", "--base-url", server.base_url,
+            "claude-sonnet-5-5", "--base-url", server.base_url,
         )  # fmt: skip
         assert b"cannot count for ***" in proc.stdout + proc.stderr
         outputs += [proc.stdout, proc.stderr]

@@ -19,7 +19,7 @@ from runner.store import RunStore
 def _run(input_path: Path, url: str, out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     cmd = [
         sys.executable, "-m", "runner", "run", "--input", str(input_path), "--base-url", url,
-        "--model", "claude-sonnet-4-5", "--max-tokens", "16", "--concurrency", "16",
+        "--model", "claude-sonnet-5-5", "--max-tokens", "16", "--concurrency", "16",
         "--output-dir", str(out), "--run-id", "r1", *extra,
     ]  # fmt: skip
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
@@ -121,7 +121,7 @@ def test_resume_takes_the_latest_started_run_and_a_named_one_must_exist(tmp_path
         # ...and a newer one, killed mid-run, whose id sorts first.
         cmd = [
             sys.executable, "-m", "runner", "run", "--input", str(input_path),
-            "--base-url", mock.base_url, "--model", "claude-sonnet-4-5", "--max-tokens", "16",
+            "--base-url", mock.base_url, "--model", "claude-sonnet-5-5", "--max-tokens", "16",
             "--output-dir", str(out), "--run-id", "aaa", *common,
         ]  # fmt: skip
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -140,7 +140,7 @@ def test_resume_takes_the_latest_started_run_and_a_named_one_must_exist(tmp_path
         # estimate learns from the same run --resume takes.
         estimate_cmd = [
             sys.executable, "-m", "runner", "estimate", "--input", str(input_path),
-            "--model", "claude-sonnet-4-5", "--output-dir", str(out), "--offline", "--json",
+            "--model", "claude-sonnet-5-5", "--output-dir", str(out), "--offline", "--json",
             "--id-column", "id",
         ]  # fmt: skip
         estimate = subprocess.run(estimate_cmd, capture_output=True, text=True, timeout=60)

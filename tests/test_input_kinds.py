@@ -38,7 +38,7 @@ def run_input(tmp_path: Path, mock: MockServer, path: Path, **flags: Any) -> Run
         "input": path,
         "id_column": "id",
         "base_url": mock.base_url,
-        "request.model": "claude-sonnet-4-5",
+        "request.model": "claude-sonnet-5-5",
         "request.max_tokens": 32,
         **flags,
     }
@@ -143,7 +143,7 @@ def _runner(
         "--base-url",
         mock.base_url,
         "--model",
-        "claude-sonnet-4-5",
+        "claude-sonnet-5-5",
         "--max-tokens",
         "16",
         "--output-dir",

@@ -329,7 +329,7 @@ def test_a_huge_retry_after_is_capped_by_max_retry_after(tmp_path: Path) -> None
     write_jsonl(tmp_path / "input.jsonl", rows)
     (tmp_path / "job.toml").write_text(
         f'input = "{tmp_path / "input.jsonl"}"\nid_column = "id"\n'
-        '[request]\nmodel = "claude-sonnet-4-5"\n[retry]\nmax_retry_after = 1\n'
+        '[request]\nmodel = "claude-sonnet-5-5"\n[retry]\nmax_retry_after = 1\n'
     )
     with serve_in_thread(MockConfig(latency_ms=20)) as server:
         proc = subprocess.run(

@@ -27,7 +27,7 @@ from runner.store import RunStore, open_store
 def _command(input_path: Path, url: str, out: Path, *extra: str) -> list[str]:
     return [
         sys.executable, "-m", "runner", "run", "--input", str(input_path), "--id-column", "id",
-        "--base-url", url, "--model", "claude-sonnet-4-5", "--concurrency", "16",
+        "--base-url", url, "--model", "claude-sonnet-5-5", "--concurrency", "16",
         "--output-dir", str(out), "--run-id", "r1", *extra,
     ]  # fmt: skip
 

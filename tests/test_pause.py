@@ -42,7 +42,7 @@ def test_a_pause_longer_than_the_idle_timeout_pays_nothing_twice(tmp_path: Path)
         proc = subprocess.Popen(
             [
                 sys.executable, "-m", "runner", "run", "--input", str(tmp_path / "input.jsonl"),
-                "--id-column", "id", "--model", "claude-sonnet-4-5", "--max-tokens", "120",
+                "--id-column", "id", "--model", "claude-sonnet-5-5", "--max-tokens", "120",
                 "--base-url", mock.base_url, "--output-dir", str(tmp_path / "reports"),
                 "--concurrency", str(ROWS), "--idle-timeout", "1", "--quiet",
             ],

@@ -199,7 +199,7 @@ def test_mock_record_file_holds_every_attempt_the_attempts_table_holds(tmp_path:
     with mock_process(record) as url:
         cmd = [
             sys.executable, "-m", "runner", "run", "--input", str(input_path),
-            "--id-column", "id", "--base-url", url, "--model", "claude-sonnet-4-5",
+            "--id-column", "id", "--base-url", url, "--model", "claude-sonnet-5-5",
             "--output-dir", str(tmp_path / "out"), "--run-id", "r1",
         ]  # fmt: skip
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
