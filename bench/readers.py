@@ -97,11 +97,12 @@ async def _decode(chunks: AsyncIterator[bytes], totals: Totals) -> None:
             _take(totals, event, data, usage)
 
 
-def _body(line: str, model: str, max_tokens: int) -> bytes:
+def _body(line: str, model: str, max_tokens: int, stream: bool = True) -> bytes:
+    """The request body; runner's own Request holds the params (without `stream`)."""
     prompt = json.loads(line)["prompt"]
     message = {"role": "user", "content": prompt}
-    payload = {"model": model, "max_tokens": max_tokens, "stream": True, "messages": [message]}
-    return json.dumps(payload).encode()
+    payload = {"model": model, "max_tokens": max_tokens, "messages": [message]}
+    return json.dumps({**payload, "stream": True} if stream else payload).encode()
 
 
 async def _workers(rows: Iterator[str], concurrency: int, send: Callable[[str], Awaitable[None]]):
@@ -116,8 +117,9 @@ async def run_runner(rows: Iterator[str], base_url: str, model: str, conc: int, 
     """runner's own read path: ApiClient over the sharded httpx transport, httpx-sse."""
     import httpx
 
-    from runner.client import api_headers, stream_message
+    from runner.client import stream_message
     from runner.models import Request
+    from runner.provider import api_headers
     from runner.transport import new_http_client
 
     totals = Totals()
@@ -126,7 +128,7 @@ async def run_runner(rows: Iterator[str], base_url: str, model: str, conc: int, 
     async with new_http_client(conc, 60.0) as http:
 
         async def send(line: str) -> None:
-            request = Request("", 0, model, _body(line, model, mt), "", 0, mt)
+            request = Request("", 0, model, _body(line, model, mt, stream=False), "", 0, mt)
             completion = await stream_message(http, url, headers, request)
             totals.ok += 1
             totals.input_tokens += completion.usage.input_tokens

@@ -62,15 +62,6 @@ class BatchConflictError(RunnerError):
     exit_code = 3
 
 
-def params_of(body: bytes) -> bytes:
-    """A streaming request body as batch `params`: the same JSON without `"stream":true`."""
-    # In compact JSON a quote inside a string is escaped, so only the key itself matches.
-    for key in (b'"stream":true,', b',"stream":true'):
-        if key in body:
-            return body.replace(key, b"", 1)
-    return body
-
-
 @dataclass
 class BatchProgress:
     """What the run shows while it waits: batches by state, rows settled, cost so far."""
@@ -387,11 +378,12 @@ async def _as_batch_items(items: AsyncIterator[WorkItem]) -> AsyncIterator[Batch
         request = work.request
         yield BatchItem(
             request.row_id,
+            request.identity,
             request.line,
             request.fingerprint,
             request.model,
             work.prior_attempts,
-            params_of(request.body),
+            request.body,
         )
 
 

@@ -23,10 +23,9 @@ from typing import Any, TypeVar
 import anyio
 import httpx
 
-from runner.client import _http_error
 from runner.errors import ApiError, AttemptFacts, ConnectError, RetryableError, RunnerError
 from runner.models import Outcome
-from runner.provider import BATCHES_PATH
+from runner.provider import BATCHES_PATH, http_error
 
 T = TypeVar("T")
 
@@ -98,7 +97,7 @@ class BatchApi:
             async with self._http.stream("GET", results_url, headers=self._headers) as response:
                 if response.status_code != 200:
                     body = (await response.aread()).decode("utf-8", "replace")
-                    raise _http_error(response, body)
+                    raise http_error(response, body)
                 async for line in response.aiter_lines():
                     if line.strip():
                         yield json.loads(line)
@@ -142,7 +141,7 @@ def parse_time(value: str) -> datetime:
 
 def _json(response: httpx.Response) -> dict[str, Any]:
     if response.status_code != 200:
-        raise _http_error(response, response.text)
+        raise http_error(response, response.text)
     try:
         data = response.json()
     except ValueError:

@@ -2,7 +2,7 @@
 
     RUN_DIR/batches/
       ledger.jsonl        one fsynced JSON line per step: intent, created, collected, abandoned
-      NNNNNN.parquet      batch NNNNNN's items: row id, line, fingerprint, model, earlier
+      NNNNNN.parquet      batch NNNNNN's items: row id and key, line, fingerprint, model, earlier
                           attempts and params, in custom_id order
       retry-N.jsonl       items to send again in this session's next round (scratch)
 
@@ -34,6 +34,7 @@ from runner.parts import write_parquet_atomic
 _MANIFEST = re.compile(r"^(\d{6})\.parquet$")
 MANIFEST_SCHEMA: dict[str, Any] = {
     "id": pl.String,
+    "key": pl.String,
     "line": pl.Int64,
     "fingerprint": pl.String,
     "model": pl.String,
@@ -47,6 +48,7 @@ class BatchItem:
     """One row as a batch item: what to send (`params`) and what its result belongs to."""
 
     row_id: str
+    key: str  # the row's identity (Request.identity): what a resume matches it by
     line: int
     fingerprint: str
     model: str
@@ -115,6 +117,7 @@ class BatchLedger:
         frame = pl.DataFrame(
             {
                 "id": [i.row_id for i in items],
+                "key": [i.key for i in items],
                 "line": [i.line for i in items],
                 "fingerprint": [i.fingerprint for i in items],
                 "model": [i.model for i in items],
@@ -189,7 +192,7 @@ class RetrySpool:
 
     def add(self, item: BatchItem) -> None:
         """Keep `item` for the next round."""
-        fields = [item.row_id, item.line, item.fingerprint, item.model, item.prior]
+        fields = [item.row_id, item.key, item.line, item.fingerprint, item.model, item.prior]
         self._fh.write(json.dumps([*fields, item.params.decode()], ensure_ascii=False) + "\n")
         self.count += 1
 
@@ -204,8 +207,11 @@ class RetrySpool:
         try:
             with self.path.open(encoding="utf-8") as fh:
                 for line in fh:
-                    row_id, row_line, fingerprint, model, prior, params = json.loads(line)
-                    yield BatchItem(row_id, row_line, fingerprint, model, prior, params.encode())
+                    *fields, params = json.loads(line)
+                    row_id, key, row_line, fingerprint, model, prior = fields
+                    yield BatchItem(
+                        row_id, key, row_line, fingerprint, model, prior, params.encode()
+                    )
         finally:
             self.path.unlink(missing_ok=True)
 

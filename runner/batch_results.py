@@ -17,6 +17,8 @@ Only `succeeded` items are billed: the others carry no usage and a cost of $0.
 
 from __future__ import annotations
 
+import time
+from dataclasses import replace
 from typing import Any
 
 from runner.batch_ledger import BatchItem, RetrySpool
@@ -25,6 +27,7 @@ from runner.models import Attempt, Outcome, RowResult, Status, Usage
 from runner.pool import RecordFn
 from runner.pricing import PriceTable
 from runner.provider import ItemVerdict, item_verdict
+from runner.reading import AnswerReader, BadAnswer
 from runner.stats import RunStats
 
 
@@ -98,24 +101,26 @@ class ItemSettler:
     def _succeeded(
         self, item: BatchItem, batch_id: str, custom_id: str, message: dict[str, Any]
     ) -> None:
-        usage = usage_of(message.get("usage") or {})
-        served = message.get("model") if isinstance(message.get("model"), str) else None
-        # An unpriced model's cost is unknown (None), never $0.
+        try:
+            completion = AnswerReader(time.perf_counter()).take_message(message)
+        except BadAnswer as exc:
+            # Not shaped as a Message: worth another item, as a server error is.
+            error = {"type": "api_error", "message": f"malformed succeeded item: {exc}"}
+            self.settle(item, batch_id, custom_id, {"type": "errored", "error": {"error": error}})
+            return
+        usage, served = completion.usage, completion.served_model
+        # Priced by the model that answered; an unpriced model's cost is None, never $0.
         cost = self.prices.batch_cost(served or item.model, usage)
         attempt = self._attempt(item, batch_id, custom_id, Outcome.OK, None, None, usage, cost)
-        text = "".join(
-            block.get("text", "")
-            for block in message.get("content") or []
-            if isinstance(block, dict) and block.get("type") == "text"
-        )
         result = RowResult(
             id=item.row_id,
+            key=item.key,
             line=item.line,
             status=Status.OK,
             model=item.model,
             fingerprint=item.fingerprint,
-            output_text=text,
-            stop_reason=message.get("stop_reason"),
+            output_text=completion.text,
+            stop_reason=completion.stop_reason,
             usage=usage,
             cost_usd=cost,
             attempts=attempt.number,
@@ -136,6 +141,7 @@ class ItemSettler:
         """An `error` row for `item`."""
         return RowResult(
             id=item.row_id,
+            key=item.key,
             line=item.line,
             status=Status.ERROR,
             model=item.model,
@@ -157,6 +163,7 @@ class ItemSettler:
     ) -> Attempt:
         return Attempt(
             row_id=item.row_id,
+            key=item.key,
             number=item.prior + 1,
             started_at=0.0,
             outcome=outcome,
@@ -177,24 +184,5 @@ class ItemSettler:
         self.stats.add_result(result)
 
 
-def usage_of(fields: dict[str, Any]) -> Usage:
-    """A whole Message's `usage` object as a Usage (cache writes all 5-minute unless split)."""
-    creation = int(fields.get("cache_creation_input_tokens") or 0)
-    raw_split = fields.get("cache_creation")
-    split: dict[str, Any] = raw_split if isinstance(raw_split, dict) else {}
-    five = int(split.get("ephemeral_5m_input_tokens") or 0)
-    hour = int(split.get("ephemeral_1h_input_tokens") or 0)
-    if five + hour == 0:
-        five = creation
-    return Usage(
-        input_tokens=int(fields.get("input_tokens") or 0),
-        output_tokens=int(fields.get("output_tokens") or 0),
-        cache_creation_input_tokens=creation,
-        cache_read_input_tokens=int(fields.get("cache_read_input_tokens") or 0),
-        cache_creation_5m=five,
-        cache_creation_1h=hour,
-    )
-
-
 def _resend(item: BatchItem, attempts: int) -> BatchItem:
-    return BatchItem(item.row_id, item.line, item.fingerprint, item.model, attempts, item.params)
+    return replace(item, prior=attempts)

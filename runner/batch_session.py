@@ -16,11 +16,11 @@ import httpx
 from runner.batch import BatchBackend
 from runner.batch_api import BatchApi
 from runner.batch_results import ItemSettler
-from runner.client import credentials_missing, job_headers
 from runner.errors import RunDirError, UsageError
 from runner.job import BatchSpec, Job, RequestSpec, RetrySpec
 from runner.pool import StopControl
 from runner.pricing import PriceTable
+from runner.provider import credentials_missing, job_headers
 from runner.stats import RunStats
 from runner.store import RunStore, open_store
 

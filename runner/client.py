@@ -9,18 +9,15 @@ connection for the next request.
 
 from __future__ import annotations
 
-import email.utils
 import json
-import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from contextlib import aclosing
 from typing import Any
 
 import httpx
 
-from runner import __version__
-from runner.apikey import mask, mask_optional
+from runner.apikey import mask
 from runner.errors import (
     ApiError,
     AttemptFacts,
@@ -28,121 +25,21 @@ from runner.errors import (
     DeadlineError,
     DroppedError,
     EofWithoutStop,
-    FatalApiError,
-    HttpRetryableError,
     LocalFailureError,
     MalformedError,
-    ModelNotFoundError,
     RejectedError,
     StalledError,
     TooLargeError,
     out_of_file_handles,
 )
 from runner.models import Outcome, Request
-from runner.reading import AnswerReader, BadAnswer, Completion, error_body
+from runner.provider import http_error, request_id, streaming
+from runner.reading import AnswerReader, BadAnswer, Completion
 from runner.sse import EventNotText, EventTooLarge, SseDecoder
 from runner.transport import ApiClient, Bounds
 from runner.watchdog import Watch
 
-__all__ = ["Completion", "api_headers", "count_tokens", "parse_retry_after", "stream_message"]
-
-ANTHROPIC_VERSION = "2023-06-01"
-RETRYABLE_STATUSES = frozenset({408, 409, 429})
-FATAL_STATUSES = frozenset({401, 403})
-SPEND_CAP_CODE = "enforced_spend_limit_reached"
-
-
-def api_headers(
-    api_key: str | None,
-    *,
-    version: str | None = None,
-    beta: Sequence[str] = (),
-    auth_token: str | None = None,
-) -> httpx.Headers:
-    """Headers every request carries, as the official SDKs send them.
-
-    Like the SDKs, an API key goes in `x-api-key` and an auth token (ANTHROPIC_AUTH_TOKEN,
-    what some proxies want) in `Authorization: Bearer`; both are sent when both are set.
-    """
-    headers = {
-        "anthropic-version": version or ANTHROPIC_VERSION,
-        "content-type": "application/json",
-        "accept": "text/event-stream",
-        "user-agent": f"runner/{__version__}",
-    }
-    if api_key:
-        headers["x-api-key"] = api_key
-    if auth_token:
-        headers["authorization"] = f"Bearer {auth_token}"
-    if beta:
-        headers["anthropic-beta"] = ",".join(beta)
-    return httpx.Headers(headers)
-
-
-def job_headers(request: Any, api_key: str | None) -> httpx.Headers:
-    """`api_headers` for a job's [request] (version, betas) and the environment's auth token."""
-    return api_headers(
-        api_key,
-        version=request.anthropic_version,
-        beta=request.anthropic_beta or (),
-        auth_token=os.environ.get("ANTHROPIC_AUTH_TOKEN"),
-    )
-
-
-def credentials_missing(api_key: str | None) -> bool:
-    """True when neither an API key nor ANTHROPIC_AUTH_TOKEN is there to authenticate with."""
-    return not api_key and not os.environ.get("ANTHROPIC_AUTH_TOKEN")
-
-
-def parse_retry_after(headers: httpx.Headers) -> float | None:
-    """Seconds the server asks to wait: `retry-after-ms`, else `retry-after` (seconds or a date)."""
-    value = headers.get("retry-after-ms")
-    if value:
-        try:
-            return max(0.0, float(value) / 1000.0)
-        except ValueError:
-            pass
-    value = headers.get("retry-after")
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
-
-
-def _http_error(response: httpx.Response, body: str, model: str | None = None) -> ApiError:
-    status = response.status_code
-    error_type, message, details = error_body(body)
-    facts = AttemptFacts(
-        outcome=Outcome.HTTP_ERROR,
-        http_status=status,
-        error_type=error_type or f"http_{status}",
-        request_id=_request_id(response),
-        retry_after_s=parse_retry_after(response.headers),
-    )
-    text = f"HTTP {status} {error_type or ''}: {message}".replace(" :", ":")
-    if status in FATAL_STATUSES or (status == 429 and details.get("error_code") == SPEND_CAP_CODE):
-        return FatalApiError(text, facts)
-    # The API names an unknown model in the message ("model: claude-..."); a 404 that
-    # does is about the whole job, not this row.
-    if status == 404 and error_type == "not_found_error" and model and model in message:
-        return ModelNotFoundError(text, facts)
-    should_retry = response.headers.get("x-should-retry")
-    if should_retry in ("true", "false"):
-        retryable = should_retry == "true"
-    else:
-        retryable = status in RETRYABLE_STATUSES or status >= 500
-    return (HttpRetryableError if retryable else RejectedError)(text, facts)
-
-
-def _request_id(response: httpx.Response) -> str | None:
-    return mask_optional(response.headers.get("request-id"))
+__all__ = ["Completion", "count_tokens", "stream_message"]
 
 
 def _content_type(response: httpx.Response) -> str:
@@ -207,17 +104,17 @@ async def stream_message(
     got_headers = False
     with http.watchdog.watch() as watch:
         try:
-            response = await http.send(url, headers, request.body, watch.touch)
+            response = await http.send(url, headers, streaming(request.body), watch.touch)
             async with aclosing(response):
                 got_headers = True
                 watch.touch()
-                reading.request_id = _request_id(response)
+                reading.request_id = request_id(response)
                 if on_response is not None:
                     on_response(response)
                 if response.status_code != 200:
                     # An error page can be any size; its first 64 KiB say what it is.
                     body = await _read_capped(response, watch, 1 << 16, truncate=True)
-                    raise _http_error(response, body.decode("utf-8", "replace"), request.model)
+                    raise http_error(response, body.decode("utf-8", "replace"), request.model)
                 content_type = _content_type(response)
                 if content_type == "application/json":
                     limit = http.bounds.max_answer_bytes
@@ -319,7 +216,7 @@ async def count_tokens(
             AttemptFacts(outcome=Outcome.TIMEOUT, error_type="timeout"),
         )
     if response.status_code != 200:
-        raise _http_error(response, text)
+        raise http_error(response, text)
     try:
         count = json.loads(text)["input_tokens"]
         if type(count) is not int:

@@ -32,7 +32,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt
 
 from runner.accounting import RunReader
 from runner.apikey import check_endpoint
-from runner.client import count_tokens, credentials_missing, job_headers
+from runner.client import count_tokens
 from runner.errors import ApiError, RejectedError, RetryableError, UsageError
 from runner.inputs import InputReader
 from runner.job import Job
@@ -40,6 +40,7 @@ from runner.lifecycle import check_model, stale_prices_warning
 from runner.models import InputRow, Request, Status, Usage
 from runner.pilot import pilot_job
 from runner.pricing import PriceTable, describe
+from runner.provider import credentials_missing, job_headers
 from runner.render import CHARS_PER_TOKEN, Renderer
 from runner.report import read_run_json
 from runner.run import RunOptions, execute, open_input

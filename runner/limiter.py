@@ -25,7 +25,6 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
 
 import anyio
 import httpx
@@ -33,10 +32,9 @@ import httpx
 from runner.buckets import Aimd, Bucket, RateLearner, RunningMean, ramp
 from runner.job import Limits
 from runner.models import Request, Usage
+from runner.provider import rate_limits
 
 METERS = ("rpm", "itpm", "otpm")
-# The header names of each meter: anthropic-ratelimit-{name}-limit/-remaining/-reset.
-_HEADER_NAMES = {"rpm": "requests", "itpm": "input-tokens", "otpm": "output-tokens"}
 # A run starts with one request in flight (its answer may bring the limits in headers)
 # and adds one per successful response's headers (slow start: doubling each round
 # trip, however long the streams then take).
@@ -49,7 +47,6 @@ CONCURRENCY_DECREASE = 0.7
 # Without a pause to group them, 429s and 529s this close together are one event: the
 # answers of requests already in flight. One concurrency cut per event.
 CUT_INTERVAL_S = 1.0
-_RATELIMIT_PREFIX = "anthropic-ratelimit-"
 
 
 @dataclass(slots=True)
@@ -136,19 +133,11 @@ class RateLimiter:
             self.concurrency = min(self.max_concurrency, self.concurrency + 1)
             if self._filling_since is None and not self.overloaded:
                 self._filling_since = now
-        headers = _ratelimit_headers(response.headers)
-        for name in METERS:
-            prefix = f"{_RATELIMIT_PREFIX}{_HEADER_NAMES[name]}"
-            limit = _number(headers.get(f"{prefix}-limit"))
-            if not limit:
-                continue
+        for name, (limit, remaining) in rate_limits(response.headers).items():
             bucket = self.buckets[name]
             if bucket.source != "headers" or bucket.limit != limit:
                 bucket.set_limit(limit, "headers", now)
                 bucket.advance(now, self._scale(bucket, now))
-            remaining = _number(headers.get(f"{prefix}-remaining"))
-            if remaining is None:
-                remaining = _remaining_from_reset(headers.get(f"{prefix}-reset"), limit)
             if remaining is None:
                 continue
             if name == "otpm":
@@ -316,33 +305,3 @@ class RateLimiter:
         """Let the waiting worker look again: something it waits on may have changed."""
         self._changed.set()
         self._changed = anyio.Event()
-
-
-def _ratelimit_headers(headers: httpx.Headers) -> dict[str, str]:
-    """The `anthropic-ratelimit-*` headers, also under a gateway's prefix; unprefixed win."""
-    found: dict[str, str] = {}
-    for name, value in headers.items():
-        at = name.find(_RATELIMIT_PREFIX)
-        if at == 0 or (at > 0 and name[at:] not in found):
-            found[name[at:]] = value
-    return found
-
-
-def _number(value: str | None) -> float | None:
-    """A header's non-negative finite number, else None (a gateway may send anything)."""
-    try:
-        number = float(value) if value is not None else None
-    except ValueError:
-        return None
-    return number if number is not None and 0 <= number < math.inf else None
-
-
-def _remaining_from_reset(value: str | None, limit: float) -> float | None:
-    """What remains, from the RFC 3339 time at which the bucket is full again."""
-    if not value:
-        return None
-    try:
-        full_at = datetime.fromisoformat(value).timestamp()
-    except (ValueError, OverflowError, OSError):
-        return None
-    return limit - max(0.0, full_at - time.time()) * limit / 60.0

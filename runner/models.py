@@ -59,6 +59,8 @@ class Request:
     row_id: str
     line: int
     model: str
+    # The Messages API params as JSON, without `stream`: the stream backend adds it
+    # (provider.streaming), the batch backend sends them as they are.
     body: bytes
     fingerprint: str
     estimated_input_tokens: int

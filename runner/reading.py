@@ -205,6 +205,10 @@ class AnswerReader:
         message = _decode(body, "the JSON answer")
         if message.get("type") == "error":
             self._raise_error(body.decode("utf-8", "replace"))
+        return self.take_message(message)
+
+    def take_message(self, message: dict[str, Any]) -> Completion:
+        """Take in a whole Message already decoded (a succeeded batch item's `message`)."""
         content = message.get("content")
         if not isinstance(content, list):
             raise BadAnswer("the JSON answer has no content list")

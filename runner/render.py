@@ -64,9 +64,7 @@ class Renderer:
         self._system_chars = len(spec.system or "")
         static = json.dumps(self.static, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
         self._fingerprint_seed = hashlib.blake2b(static.encode(), digest_size=12)
-        self._body_prefix = (
-            static[:-1] + ',"stream":true,"messages":[{"role":"user","content":'
-        ).encode()
+        self._body_prefix = (static[:-1] + ',"messages":[{"role":"user","content":').encode()
         self._simple = not (batch_requests or self.row_fields or self._messages_column)
         self._simple = self._simple and not self._attachments
 
@@ -104,9 +102,7 @@ class Renderer:
             return InvalidRow(row.id, row.line, str(problem))
         if not isinstance(body.get("model"), str) or not body["model"]:
             return InvalidRow(row.id, row.line, "no model: the job sets none and the row neither")
-        encoded = json.dumps(
-            {**body, "stream": True}, ensure_ascii=False, separators=(",", ":")
-        ).encode()
+        encoded = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
         fingerprint = hashlib.blake2b(
             json.dumps(body, ensure_ascii=False, sort_keys=True).encode(), digest_size=12
         )

@@ -32,7 +32,6 @@ from runner.backend import Backend, StreamBackend
 from runner.batch_session import open_batch_backend
 from runner.budget import check_budget, open_budget
 from runner.cache import AnswerCache
-from runner.client import credentials_missing, job_headers
 from runner.dedupe import Deduper, check_dedupe
 from runner.errors import LocalFailureError, RunnerError, UsageError
 from runner.inputs import InputReader, InvalidRowLog
@@ -46,6 +45,7 @@ from runner.parts import write_json_atomic
 from runner.pilot import adopt_pilot
 from runner.pool import StopControl, WorkerPool, WorkItem
 from runner.pricing import PriceTable
+from runner.provider import credentials_missing, job_headers
 from runner.render import Renderer
 from runner.resume import DoneRows, Triage, batches, rows_key
 from runner.runs import existing_run, job_runs, latest_run

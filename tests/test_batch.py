@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -15,12 +16,13 @@ import pytest
 from conftest import TEST_KEY
 from helpers import attempts_of, prompts, results_of, run_rows
 
-from runner.batch import BatchBackend, params_of
+from runner.batch import BatchBackend
 from runner.batch_ledger import BatchLedger
-from runner.batch_results import usage_of
 from runner.batch_session import cancel_run
 from runner.mock import MockConfig, MockServer, serve_in_thread
+from runner.models import Usage
 from runner.pricing import PriceTable
+from runner.provider import streaming
 from runner.run import RunOutcome
 
 FAST = {"mode": "batch", "batch.poll_interval": 0.02}
@@ -40,15 +42,9 @@ def listed_batches(mock: MockServer) -> list[dict[str, Any]]:
     return answer.json()["data"]
 
 
-def test_params_drop_stream_and_nothing_else() -> None:
-    body = (
-        b'{"max_tokens":5,"model":"m","stream":true,'
-        b'"messages":[{"role":"user","content":"\\"stream\\":true,"}]}'
-    )
-    params = json.loads(params_of(body))
-    assert "stream" not in params
-    assert params["messages"][0]["content"] == '"stream":true,'
-    assert json.loads(body) == {**params, "stream": True}
+def test_a_streamed_body_is_the_params_plus_stream() -> None:
+    params = b'{"max_tokens":5,"messages":[{"role":"user","content":"}"}],"model":"m"}'
+    assert json.loads(streaming(params)) == {**json.loads(params), "stream": True}
 
 
 def test_clean_batch_run_matches_the_mock_row_by_row(tmp_path: Path) -> None:
@@ -74,7 +70,9 @@ def test_clean_batch_run_matches_the_mock_row_by_row(tmp_path: Path) -> None:
         assert result["request_id"] == item.request_id  # the batch id
         assert result["attempts"] == 1
         assert result["ttft_ms"] is None
-        usage = usage_of(item.usage)
+        usage = Usage(
+            input_tokens=item.usage["input_tokens"], output_tokens=item.usage["output_tokens"]
+        )
         model = result["served_model"]  # priced by the model that answered
         assert result["cost_usd"] == pytest.approx(prices.batch_cost(model, usage))
         assert result["cost_usd"] == pytest.approx(prices.cost(model, usage) / 2)
@@ -251,3 +249,27 @@ def test_a_canceled_batch_keeps_and_bills_what_finished_before_the_cancel(
             assert result["status"] == "ok" and result["cost_usd"] > 0
         else:
             assert (result["status"], result["error_type"]) == ("error", "canceled")
+
+
+def test_rows_without_an_id_column_are_matched_on_resume_by_identity(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    original = BatchBackend.wait_and_collect
+
+    async def stop_then_wait(self: BatchBackend) -> None:
+        self.control.stop(0)
+        await original(self)
+
+    monkeypatch.setattr(BatchBackend, "wait_and_collect", stop_then_wait)
+    rows = [{"prompt": p["prompt"]} for p in prompts(10, prefix="noid")]
+    rows.append(dict(rows[0]))  # an identical row: a second occurrence, its own item
+    with serve_in_thread(MockConfig(batch_processing_s=0.05)) as mock:
+        first = run_batch(tmp_path, mock, rows, run_id="r1", id_column=None)
+        assert first.exit_code == 130
+        monkeypatch.setattr(BatchBackend, "wait_and_collect", original)
+        second = run_batch(tmp_path, mock, rows, run_id="r1", id_column=None)
+        succeeded = Counter(a.prompt for a in mock.record.attempts() if a.outcome == "ok")
+        assert len(listed_batches(mock)) == 1
+    assert second.exit_code == 0
+    assert succeeded[rows[0]["prompt"]] == 2 and sum(succeeded.values()) == 11
+    assert results_of(second.run_dir)["status"].to_list() == ["ok"] * 11

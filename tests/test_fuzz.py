@@ -24,9 +24,10 @@ from conftest import TEST_KEY
 from helpers import write_jsonl
 from hostile import encode, serve_hostile, shaped_events
 
-from runner.client import Completion, api_headers, stream_message
+from runner.client import Completion, stream_message
 from runner.errors import ApiError
 from runner.models import Request
+from runner.provider import api_headers
 from runner.transport import Bounds, new_http_client
 
 SHAPES = ("text", "thinking", "tool_use", "citations", "refusal")
@@ -84,7 +85,6 @@ def _request(name: str) -> Request:
     body = {
         "model": "claude-sonnet-5-5",
         "max_tokens": 16,
-        "stream": True,
         "messages": [{"role": "user", "content": f"[[body:{name}]]"}],
     }
     return Request(

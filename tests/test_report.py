@@ -16,10 +16,11 @@ from conftest import TEST_KEY
 from helpers import attempts_of, prompts, results_of, run_rows
 
 from runner.cli import cli
-from runner.client import api_headers, stream_message
+from runner.client import stream_message
 from runner.mock import MockConfig, MockServer, serve_in_thread
 from runner.models import Request
 from runner.pricing import PriceTable
+from runner.provider import api_headers
 from runner.report import active_seconds, build_report, format_report
 from runner.transport import Bounds, new_http_client
 
@@ -84,7 +85,6 @@ def test_a_one_hour_cache_write_is_priced_at_the_one_hour_rate(mock_api, price_f
     body = {
         "model": "claude-sonnet-5-5",
         "max_tokens": 50,
-        "stream": True,
         "system": [{"type": "text", "text": SYSTEM, "cache_control": cached}],
         "messages": [
             {
