@@ -1,21 +1,19 @@
-"""One run of a job: input -> render -> skip done rows -> pool -> store -> summary.
+"""One run of a job: plan, execute, compact, summarise.
 
-The flow goes one way. The producer streams the input into a bounded queue, the
-workers drain it, and every finished row goes to the store's journal at once.
-The first SIGINT/SIGTERM stops dispatching and gives in-flight rows a grace
-period; a second one cancels them. Either way, what finished is on disk.
+The flow goes one way: input -> render -> skip done rows -> backend -> store ->
+summary. The producer streams the input into a bounded queue; the job's backend
+(backend.py: stream or batch) drains it and hands every finished row to the store's
+journal at once; drive.py runs the two with the signal handling and the display.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
 import platform
 import shlex
-import signal
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cached_property
@@ -25,17 +23,18 @@ from typing import Any
 
 import anyio
 import polars as pl
+from anyio.streams.memory import MemoryObjectSendStream
 
 from runner import __version__
 from runner.apikey import check_endpoint
-from runner.backend import Backend, StreamBackend
-from runner.batch_session import open_batch_backend
+from runner.backend import RunParts, open_backend
 from runner.budget import check_budget, open_budget
 from runner.cache import AnswerCache
-from runner.dedupe import Deduper, check_dedupe
+from runner.dedupe import check_dedupe
+from runner.drive import drive
 from runner.errors import LocalFailureError, RunnerError, UsageError
 from runner.inputs import InputReader, InvalidRowLog
-from runner.job import Job, Mode
+from runner.job import Job
 from runner.lifecycle import check_model
 from runner.limiter import RateLimiter
 from runner.logs import bind_run, log_start
@@ -43,9 +42,9 @@ from runner.models import InvalidRow, Request, RowResult, Status
 from runner.outcome import sessions_of, state_for
 from runner.parts import write_json_atomic
 from runner.pilot import adopt_pilot
-from runner.pool import StopControl, WorkerPool, WorkItem
+from runner.pool import StopControl, WorkItem
 from runner.pricing import PriceTable
-from runner.provider import credentials_missing, job_headers
+from runner.provider import credentials_missing
 from runner.render import Renderer
 from runner.resume import DoneRows, Triage, batches, rows_key
 from runner.runs import existing_run, job_runs, latest_run
@@ -53,7 +52,6 @@ from runner.signals import NotedSignals, noting_signals
 from runner.stats import RunStats
 from runner.store import RunStore, open_store
 from runner.summary import status_counts, summarize
-from runner.transport import Bounds, new_http_client
 
 log = logging.getLogger("runner")
 
@@ -467,24 +465,32 @@ class _Session:
         self.invalid_log.warn(line, reason)
 
     async def _drive(self) -> int:
-        """The producer, the backend and their helpers, until the queue is drained or a stop."""
+        """Execute the rows to send through the job's backend; the exit code."""
         job, control = self.job, self.control
-        concurrency = job.limits.concurrency
-        send, receive = anyio.create_memory_object_stream[WorkItem](concurrency * 2)
-        async with self._open_backend() as backend, anyio.create_task_group() as outer:
-            workers_scope = control.bind(outer)
-            outer.start_soon(_watch_signals, control, job.retry.grace_period)
-            outer.start_soon(_flush_periodically, self.store, control)
-            if self.options.progress is not None:
-                outer.start_soon(self.options.progress.run, self.stats, backend)
-            with workers_scope:
-                if await backend.prepare():
-                    # What earlier sessions left is settled now: read the store again.
-                    self.__dict__.pop("done", None)
-                async with anyio.create_task_group() as workers:
-                    workers.start_soon(self._produce, send)
-                    backend.start(workers, receive)
-            outer.cancel_scope.cancel()
+        parts = RunParts(
+            job,
+            self.api_key,
+            self.store,
+            self.prices,
+            self.stats,
+            control,
+            self.limiter,
+            self.budget,
+            self.cache,
+        )
+        async with open_backend(parts) as backend:
+            await drive(
+                backend,
+                self._produce,
+                store=self.store,
+                control=control,
+                stats=self.stats,
+                progress=self.options.progress,
+                grace=job.retry.grace_period,
+                queue_size=job.limits.concurrency * 2,
+                # What earlier sessions left is settled now: read the store again.
+                on_prepared=lambda: self.__dict__.pop("done", None),
+            )
         if control.local_failure is not None:
             return EXIT_LOCAL
         if control.fatal is not None:
@@ -497,38 +503,7 @@ class _Session:
         failed = statuses[Status.ERROR.value] + statuses[Status.INVALID.value]
         return EXIT_SOME_FAILED if failed else EXIT_OK
 
-    @contextlib.asynccontextmanager
-    async def _open_backend(self) -> AsyncIterator[Backend]:
-        """The job's backend: streamed through the worker pool, or Message Batches."""
-        job = self.job
-        if job.mode is Mode.BATCH:
-            async with open_batch_backend(
-                job, self.api_key, self.store, self.prices, self.stats, self.control
-            ) as batch_backend:
-                yield batch_backend
-            return
-        async with new_http_client(job.limits.concurrency, Bounds.of(job)) as http:
-            yield StreamBackend(
-                WorkerPool(
-                    http,
-                    f"{job.base_url}/v1/messages",
-                    job_headers(self.job.request, self.api_key),
-                    self.limiter,
-                    self.prices,
-                    self.store.record,
-                    self.stats,
-                    self.control,
-                    max_attempts=job.retry.max_attempts,
-                    max_retry_after=job.retry.max_retry_after,
-                    fatal_grace=min(job.retry.grace_period, 3.0),
-                    budget=self.budget,
-                    dedupe=Deduper() if job.dedupe else None,
-                    cache=self.cache,
-                ),
-                job.limits.concurrency,
-            )
-
-    async def _produce(self, send: anyio.abc.ObjectSendStream[WorkItem]) -> None:
+    async def _produce(self, send: MemoryObjectSendStream[WorkItem]) -> None:
         """Stream the input into the queue: invalid rows to the store, done rows skipped."""
         tally = Triage([])
         invalid = 0
@@ -583,37 +558,6 @@ class _Session:
             invalid,
             f"; {gone} paid rows no longer in the input are kept, not counted" if gone else "",
         )
-
-
-async def _flush_periodically(store: RunStore, control: StopControl) -> None:
-    """Turn journal segments into Parquet parts as they fill up, off the event loop."""
-    while True:
-        await anyio.sleep(0.2)
-        if store.flush_due():
-            try:
-                write = store.rotate()
-                await anyio.to_thread.run_sync(write)
-            except LocalFailureError as exc:
-                control.fail_locally(exc)  # the journal keeps the rows for the next start
-                return
-
-
-async def _watch_signals(control: StopControl, grace: float) -> None:
-    """First SIGINT/SIGTERM: stop dispatching, grace for in-flight rows; second: stop now."""
-    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async for signum in signals:
-            name = signal.Signals(signum).name
-            if control.stopping:
-                log.warning("%s again: cancelling in-flight requests now", name)
-                control.stop(0)
-            else:
-                log.warning(
-                    "%s: no new requests; waiting up to %gs for the ones in flight "
-                    "(again to stop now)",
-                    name,
-                    grace,
-                )
-                control.stop(grace)
 
 
 def _versions() -> dict[str, str]:
