@@ -1,6 +1,6 @@
 """SIGINT and SIGTERM outside the running phase: noted, never fatal.
 
-While requests are in flight, `run._watch_signals` handles them (grace period, then
+While requests are in flight, `drive._watch_signals` handles them (grace period, then
 cancel). Before (start-up) and after (compaction, summary) the steps are short local
 writes that leave the run consistent only when they finish, so a signal there is noted,
 the step finishes, and the run ends with exit 130, its summary and the resume command.
