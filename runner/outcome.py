@@ -120,7 +120,9 @@ def read_state(info: dict[str, Any], summary: dict[str, Any], live: bool) -> dic
     ended = info.get("ended_at") is not None
     if live or not ended:
         state = RunState.RUNNING if live else RunState.CRASHED
-        return {"state": state.value, "exit_code": None, "reason": None, "resume_command": None}
+        # An earlier session's resume command (same run id) resumes a crashed run too.
+        resume = summary.get("resume_command")
+        return {"state": state.value, "exit_code": None, "reason": None, "resume_command": resume}
     exit_code = summary.get("exit_code")
     return {
         "state": summary.get("state")

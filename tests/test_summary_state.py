@@ -106,6 +106,7 @@ def test_interrupted_then_crashed_then_resumed(tmp_path: Path) -> None:
         second.communicate(timeout=60)
         crashed = _report(run_dir)
         assert crashed["state"] == "crashed" and crashed["exit_code"] is None
+        assert crashed["resume_command"] == summary["resume_command"]
         assert crashed["input_rows"] is None
 
         third = _start(tmp_path, input_path, mock.base_url)
