@@ -38,6 +38,7 @@ from runner.errors import (
 from runner.limiter import RateLimiter
 from runner.models import Attempt, Outcome, Request, RowResult, Status, Usage
 from runner.pricing import PriceTable
+from runner.reach import Reachability
 from runner.stats import RunStats
 from runner.transport import ApiClient
 
@@ -47,9 +48,6 @@ log = logging.getLogger("runner")
 _backoff = wait_exponential_jitter(multiplier=0.5, max=30.0, jitter=1.0)
 # Statuses whose retry-after pauses the whole pool, not only the worker that got it.
 _POOL_PAUSE_STATUSES = frozenset({429, 529})
-# While no request of the run was ever answered, connection failures (refused, DNS, TLS)
-# for this long mean a wrong URL or a network down, not bad luck: the run stops.
-UNREACHABLE_AFTER_S = 30.0
 
 RecordFn = Callable[[RowResult | None, list[Attempt]], None]
 
@@ -142,9 +140,8 @@ class WorkerPool:
         self.budget = budget
         self.dedupe = dedupe
         self.cache = cache
-        self.answered = False  # some response's headers arrived
+        self.reach = Reachability(self.url)
         self.succeeded = False  # some attempt returned a whole answer
-        self._unreachable_since: float | None = None
 
     async def worker(self, queue: ObjectReceiveStream[WorkItem]) -> None:
         """Take rows from the queue until it closes or the run stops."""
@@ -253,18 +250,9 @@ class WorkerPool:
                 "model id, it may be retired; no row was marked failed",
                 exc.facts,
             )
-        if isinstance(exc, ConnectError) and not self.answered:
-            return self._unreachable(exc)
+        if isinstance(exc, ConnectError) and not self.reach.answered:
+            return self.reach.stop(exc)
         return None
-
-    def _unreachable(self, exc: ApiError) -> UnreachableError:
-        since = self._unreachable_since or time.monotonic()
-        return UnreachableError(
-            f"cannot reach {self.url}: {exc.message} (no answer to any request in "
-            f"{time.monotonic() - since:.0f} s); rows left untouched, fix the URL or the "
-            "network and run again",
-            exc.facts,
-        )
 
     async def _send_with_retries(
         self, request: Request, prior: int, attempts: list[Attempt]
@@ -278,10 +266,8 @@ class WorkerPool:
             if retry_after is not None:
                 # The server knows best; a little jitter keeps the pool from waking as one.
                 delay = min(retry_after, self.max_retry_after) * (1 + 0.1 * random.random())
-            if isinstance(exc, ConnectError) and self._unreachable_since is not None:
-                # Never answered yet: try again by the time the run would give up.
-                left = self._unreachable_since + UNREACHABLE_AFTER_S - time.monotonic()
-                delay = min(delay, max(0.5, left + 0.5 * random.random()))
+            if isinstance(exc, ConnectError):
+                delay = self.reach.retry_delay(delay)
             if state.attempt_number < self.max_attempts:
                 attempts[-1] = replace(attempts[-1], wait_s=round(delay, 3))
                 reason = attempts[-1].error_type or str(attempts[-1].outcome)
@@ -343,11 +329,10 @@ class WorkerPool:
                 retry_after_s=facts.retry_after_s,
                 request_id=facts.request_id,
             )
-            if isinstance(exc, ConnectError) and not self.answered:
-                now = time.monotonic()
-                self._unreachable_since = self._unreachable_since or now
-                if now - self._unreachable_since >= UNREACHABLE_AFTER_S:
-                    raise self._unreachable(exc) from None
+            if isinstance(exc, ConnectError):
+                unreachable = self.reach.connect_failed(exc)
+                if unreachable is not None:
+                    raise unreachable from None
             raise
         except BaseException:
             # Cancelled mid-stream: give the ticket back; the attempt is lost in flight.
@@ -371,8 +356,7 @@ class WorkerPool:
 
     def _on_response(self, response: httpx.Response) -> None:
         """Response headers arrived: the endpoint is reachable, and they carry rate limits."""
-        self.answered = True
-        self._unreachable_since = None
+        self.reach.answer()
         self.limiter.observe(response)
 
     def _log_attempt(

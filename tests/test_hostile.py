@@ -15,8 +15,11 @@ from pathlib import Path
 import polars as pl
 import pytest
 from conftest import TEST_KEY
-from helpers import write_jsonl
+from helpers import prompts, run_rows, write_jsonl
 from hostile import serve_hostile
+
+from runner import reach
+from runner.mock import serve_in_thread
 
 MALFORMED = [
     "null_delta",
@@ -210,3 +213,17 @@ def test_other_404s_stay_errors_of_their_row(tmp_path: Path) -> None:
     rows = by_id(run_dir)
     assert rows["other_404"]["error_type"] == "not_found_error"
     assert rows["ok"]["status"] == "ok"
+
+
+def test_an_endpoint_never_reached_stops_the_run_after_its_window(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with serve_in_thread() as server:
+        url = server.base_url  # a port nothing listens on once the block ends
+    monkeypatch.setattr(reach, "UNREACHABLE_AFTER_S", 1.0)
+    # Attempts enough to retry for minutes: only the window can stop it this soon.
+    run = run_rows(tmp_path, url, prompts(40), **{"retry.max_attempts": 100})
+    assert run.exit_code == 3
+    assert "cannot reach" in run.message and "rows left untouched" in run.message
+    assert not list((run.run_dir / "results").glob("*.parquet"))
+    assert run.stats.requests < 40 * 100
