@@ -20,6 +20,8 @@ MASK = "***"
 # it would mangle file names and messages instead of hiding a secret.
 _SHORTEST_SECRET = 8
 _keys: set[str] = set()
+# Where the official SDKs (and so runner) take credentials from: the key, and the bearer token.
+_CREDENTIAL_VARIABLES = ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN")
 
 
 def remember_key(key: str) -> None:
@@ -29,13 +31,14 @@ def remember_key(key: str) -> None:
 
 
 def mask(text: str) -> str:
-    """`text` with every remembered key (and $ANTHROPIC_API_KEY) replaced by ***."""
+    """`text` with every remembered key (and the environment's credentials) replaced by ***."""
     for key in _keys:
         if key in text:
             text = text.replace(key, MASK)
-    env_key = os.environ.get("ANTHROPIC_API_KEY") or ""
-    if len(env_key) >= _SHORTEST_SECRET and env_key in text:
-        text = text.replace(env_key, MASK)
+    for name in _CREDENTIAL_VARIABLES:
+        secret = os.environ.get(name) or ""
+        if len(secret) >= _SHORTEST_SECRET and secret in text:
+            text = text.replace(secret, MASK)
     return text
 
 

@@ -266,7 +266,11 @@ def _app(server: HostileServer) -> web.Application:
         server.seen.append(f"{kind}:{name}")
         if kind == "body":
             return _stream(server.bodies[name])
-        hit = Hit(request, request.headers.get("x-api-key", ""), body.get("model", ""))
+        # Every credential the request carried, echoed wherever a behaviour echoes "the key".
+        key = " ".join(
+            filter(None, (request.headers.get(h) for h in ("x-api-key", "authorization")))
+        )
+        hit = Hit(request, key, body.get("model", ""))
         return await BEHAVIOURS[name](hit)
 
     async def count_tokens(request: web.Request) -> web.StreamResponse:

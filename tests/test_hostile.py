@@ -21,6 +21,7 @@ from hostile import serve_hostile
 from runner import reach
 from runner.mock import serve_in_thread
 
+TOKEN = "bearer-token-0123456789-secret"
 MALFORMED = [
     "null_delta",
     "null_message",
@@ -117,7 +118,9 @@ def test_no_server_answer_crashes_a_run(tmp_path: Path) -> None:
     assert whole["cost_usd"] > 0
 
 
-def test_an_echoed_key_reaches_no_output(tmp_path: Path) -> None:
+def test_an_echoed_key_reaches_no_output(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The bearer token a proxy may want is a secret too.
+    monkeypatch.setenv("ANTHROPIC_AUTH_TOKEN", TOKEN)
     kinds = ["echo_json", "echo_html", "echo_event", "echo_text"]
     outputs: list[bytes] = []
     with serve_hostile() as server:
@@ -152,9 +155,10 @@ def test_an_echoed_key_reaches_no_output(tmp_path: Path) -> None:
         outputs += [proc.stdout, proc.stderr]
     files = [p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()]
     assert len(files) > 10
-    leaks = [chunk for chunk in (*outputs, *files) if TEST_KEY.encode() in chunk]
+    secrets = (TEST_KEY.encode(), TOKEN.encode())
+    leaks = [chunk for chunk in (*outputs, *files) for secret in secrets if secret in chunk]
     assert leaks == []
-    assert by_id(run_dir)["echo_text"]["output_text"] == "your key is ***"
+    assert by_id(run_dir)["echo_text"]["output_text"] == "your key is *** Bearer ***"
 
 
 @pytest.mark.parametrize(
