@@ -26,7 +26,7 @@ from rich.text import Text
 
 from runner.accounting import batch_text, cost_text, usd
 from runner.answers import answers_text
-from runner.logs import emit
+from runner.logs import emit, iso_time
 from runner.outcome import count, per_second, seconds
 from runner.stats import RunStats
 
@@ -428,13 +428,19 @@ def final_line(outcome: Any) -> str:
 
 
 def print_summary(outcome: Any, *, quiet: bool = False, log_format: str = "text") -> None:
-    """Print the final summary where this invocation's user looks for it."""
+    """Print the final summary where this invocation's user looks for it.
+
+    Off a terminal (cron, a pipe) each line starts with the time, as the log lines do,
+    so a log file that takes both stdout and stderr reads in one order with one clock.
+    """
     if log_format == "json":
         emit(logging.INFO, final_line(outcome), summary_fields(outcome))
-    elif quiet:
-        print(final_line(outcome), flush=True)
-    else:
-        print("\n".join(summary_lines(outcome)), flush=True)
+        return
+    lines = [final_line(outcome)] if quiet else summary_lines(outcome)
+    if not sys.stdout.isatty():
+        stamp = iso_time(time.time())
+        lines = [f"{stamp} {line}" for line in lines]
+    print("\n".join(lines), flush=True)
 
 
 def print_failure(

@@ -185,7 +185,7 @@ def test_quiet_prints_only_the_final_line(tmp_path: Path, slow_api) -> None:
     done = _run_cli(tmp_path, slow_api.base_url, "--quiet", "--progress-interval", "0.1")
     assert done.returncode == 0, done.stderr
     assert done.stderr == ""
-    (line,) = done.stdout.splitlines()
+    (line,) = _unstamped(done.stdout)
     assert line.startswith("runner: finished (exit 0): 30 ok, 0 error, 0 invalid of 30 input rows;")
     # max_tokens 64 cuts some of the mock's answers (5 to 120 tokens): ok, but not usable.
     assert " usable of 30 ok (" in line and " cut at max_tokens)" in line and "report " in line
@@ -221,7 +221,10 @@ def test_failed_runs_say_what_to_do_next(
     assert outcome.exit_code == exit_code
     print_summary(outcome)
     out = capsys.readouterr().out
-    assert out.splitlines() == summary_lines(outcome)
+    # Not a terminal: every line carries the time, as the log lines do.
+    assert all(STAMP.match(line) for line in out.splitlines())
+    assert log_lines(out) == summary_lines(outcome)
+    out = "\n".join(log_lines(out))
     written = json.loads((outcome.run_dir / "summary.json").read_text())
     assert f"wall time: {written['this_session']['wall_time_s']:.1f} s" in out
     assert f"report: {outcome.run_dir}" in out
