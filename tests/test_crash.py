@@ -351,7 +351,7 @@ def _stop_and_signal(proc: subprocess.Popen[str], signum: signal.Signals) -> Non
 def test_a_signal_in_any_phase_ends_with_130_the_summary_and_the_resume_command(
     tmp_path: Path, phase: str, signum: signal.Signals
 ) -> None:
-    rows = prompts(2000, prefix=f"phase{int(signum)}")
+    rows = prompts(800, prefix=f"phase{int(signum)}")
     input_path = write_jsonl(tmp_path / "in.jsonl", rows)
     out = tmp_path / "out"
     with serve_in_thread(MockConfig()) as mock:
