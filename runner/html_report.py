@@ -149,11 +149,15 @@ def _runs_table(report: dict[str, Any]) -> str:
             _when(run["started_at"]), f"{run['rows']['ok']:,}", f"{run['rows']['error']:,}",
             f"{run['rows']['invalid']:,}", f"{run['answers']['usable']:,}",
             usd(run["cost_usd"]), usd(run["retries"]["cost_usd"]),
-            seconds(run["time"]["wall_time_s"]), per_second(run["time"]["rows_per_s"], "rows"),
+            seconds(run["time"]["wall_time_s"]), _number(run["time"]["rows_per_s"]),
         )
         for run in report["runs"]
     ]  # fmt: skip
     return "<h2>Runs</h2>" + _table("runs", head, rows)
+
+
+def _number(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:,.1f}"
 
 
 def _failed_rows(frames: Frames, per_run: bool) -> str:
