@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import anyio
@@ -23,7 +23,9 @@ from runner.store import RunStore
 
 log = logging.getLogger("runner")
 
-Producer = Callable[[MemoryObjectSendStream[WorkItem]], Awaitable[None]]
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+Producer = Callable[[MemoryObjectSendStream[WorkItem]], Coroutine[Any, Any, None]]
 
 
 async def drive(
@@ -74,17 +76,26 @@ async def _flush_periodically(store: RunStore, control: StopControl) -> None:
 
 async def _watch_signals(control: StopControl, grace: float) -> None:
     """First SIGINT/SIGTERM: stop dispatching, grace for in-flight rows; second: stop now."""
-    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async for signum in signals:
-            name = signal.Signals(signum).name
-            if control.stopping:
-                log.warning("%s again: cancelling in-flight requests now", name)
-                control.stop(0)
-            else:
-                log.warning(
-                    "%s: no new requests; waiting up to %gs for the ones in flight "
-                    "(again to stop now)",
-                    name,
-                    grace,
-                )
-                control.stop(grace)
+    # The event loop puts the default handlers back when the receiver closes: a signal
+    # in the moment before the run notes signals again would kill the process. Put back
+    # the handlers that were there (the run's, signals.py) at once instead.
+    previous = {signum: signal.getsignal(signum) for signum in _STOP_SIGNALS}
+    try:
+        with anyio.open_signal_receiver(*_STOP_SIGNALS) as signals:
+            async for signum in signals:
+                name = signal.Signals(signum).name
+                if control.stopping:
+                    log.warning("%s again: cancelling in-flight requests now", name)
+                    control.stop(0)
+                else:
+                    log.warning(
+                        "%s: no new requests; waiting up to %gs for the ones in flight "
+                        "(again to stop now)",
+                        name,
+                        grace,
+                    )
+                    control.stop(grace)
+    finally:
+        for signum, handler in previous.items():
+            if handler is not None:
+                signal.signal(signum, handler)
