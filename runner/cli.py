@@ -452,6 +452,12 @@ def report(path: Path, as_json: bool, html: Path | None, since: Any) -> None:
     "then the result columns. Also: prompt (the user message as sent) and system. "
     "Result columns alone need no input file.",
 )
+@click.option(
+    "--expand-json",
+    is_flag=True,
+    help="Add a column per top-level field of the structured answers (output_json), "
+    "named like the field (output_json.<field> where that name is taken). Default: off.",
+)
 def export(
     run_dir: Path,
     fmt: str | None,
@@ -459,6 +465,7 @@ def export(
     status: str | None,
     usable: bool,
     columns: str | None,
+    expand_json: bool,
 ) -> None:
     """Write a run's results joined to their input rows, in input order.
 
@@ -470,7 +477,15 @@ def export(
     setup_logging()
     wanted = [c.strip() for c in columns.split(",") if c.strip()] if columns else None
     try:
-        count = export_run(run_dir, output, fmt, status=status, usable=usable, columns=wanted)
+        count = export_run(
+            run_dir,
+            output,
+            fmt,
+            status=status,
+            usable=usable,
+            columns=wanted,
+            expand_json=expand_json,
+        )
     except RunnerError as exc:
         _fail(exc, sends=False)
     where = "stdout" if str(output) == "-" else output

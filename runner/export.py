@@ -26,6 +26,7 @@ import polars as pl
 
 from runner.answers import USABLE, answer_kind
 from runner.errors import RunnerError, UsageError
+from runner.input_formats import WrittenFloat
 from runner.input_source import InputSource
 from runner.inputs import InputReader
 from runner.job import RequestSpec
@@ -66,10 +67,12 @@ def export_run(
     status: str | None = None,
     usable: bool = False,
     columns: list[str] | None = None,
+    expand_json: bool = False,
 ) -> int:
     """Write `run_dir`'s results joined to their input rows to `out`; return the rows written.
 
     `out` is `-` for stdout. `usable` keeps only complete answers (see runner.answers).
+    `expand_json` adds a column per top-level field of the structured answers (output_json).
     """
     fmt = export_format(out, fmt)
     if status is not None and status not in {s.value for s in Status}:
@@ -88,6 +91,8 @@ def export_run(
     if usable:
         results = results.filter(answer_kind(results.columns) == USABLE)
     result_columns = list(RESULT_SCHEMA)
+    keys = _json_keys(results["output_json"]) if expand_json else []
+    asked, columns = columns, _without_json_fields(columns, keys)
     if columns is not None and set(columns) <= set(result_columns):
         records = _results_only(results, columns)
         wanted = columns
@@ -105,6 +110,16 @@ def export_run(
             )
         renderer = _renderer(run_info) if set(RENDERED) & set(wanted) else None
         records = _joined(results, reader, renamed, wanted, renderer)
+    if expand_json:
+        # A field named like another column is written as output_json.<field>.
+        taken = {*wanted, *RESULT_SCHEMA, *RENDERED}
+        fields = {key: f"output_json.{key}" if key in taken else key for key in keys}
+        present = {*wanted, *fields.values()}
+        wanted = asked or [*wanted, *fields.values()]
+        missing = [name for name in wanted if name not in present]
+        if missing:
+            raise UsageError(f"no column '{missing[0]}' to export (no answer has that field)")
+        records = _expanded(records, results["output_json"], fields, wanted)
     with _target(out) as fh:
         return _WRITERS[fmt](records, fh, wanted)
 
@@ -193,6 +208,38 @@ def _input_columns(reader: InputReader) -> list[str]:
 def _output_name(name: str) -> str:
     clash = name in RESULT_SCHEMA or name in RENDERED or name.startswith(INPUT_PREFIX)
     return INPUT_PREFIX + name if clash else name
+
+
+def _json_keys(answers: pl.Series) -> list[str]:
+    """Top-level fields of the JSON answers, first seen first."""
+    keys: dict[str, None] = {}
+    for text in answers.drop_nulls():
+        value = json.loads(text)
+        if isinstance(value, dict):
+            keys.update(dict.fromkeys(value))
+    return list(keys)
+
+
+def _without_json_fields(columns: list[str] | None, keys: list[str]) -> list[str] | None:
+    """The asked columns that are not expanded JSON fields (those are added after the join)."""
+    if columns is None or not keys:
+        return columns
+    names = {*keys, *(f"output_json.{key}" for key in keys)}
+    return [name for name in columns if name not in names]
+
+
+def _expanded(
+    records: Iterator[dict[str, Any]],
+    answers: pl.Series,
+    fields: dict[str, str],
+    wanted: list[str],
+) -> Iterator[dict[str, Any]]:
+    """Each record with its answer's fields added (null where the answer lacks one)."""
+    for record, text in zip(records, answers, strict=True):
+        value = json.loads(text) if text is not None else None
+        for key, name in fields.items():
+            record[name] = value.get(key) if isinstance(value, dict) else None
+        yield {name: record[name] for name in wanted}
 
 
 def _results_only(results: pl.DataFrame, wanted: list[str]) -> Iterator[dict[str, Any]]:
@@ -308,6 +355,8 @@ def _write_parquet(records: Iterator[dict[str, Any]], fh: IO[bytes], wanted: lis
 
 
 def _input_series(name: str, values: list[Any]) -> pl.Series:
+    # A JSONL number keeps its spelling as a float subclass (WrittenFloat): a float here.
+    values = [float(v) if isinstance(v, WrittenFloat) else v for v in values]
     kinds = {type(v) for v in values if v is not None}
     if kinds and (kinds <= {float, int} or kinds <= {str} or kinds <= {bool}):
         return pl.Series(name, values, strict=False)

@@ -67,6 +67,10 @@ class Request:
     max_tokens: int
     # Set by resume.py when the input has no id column: fingerprint and occurrence number.
     key: str = ""
+    # The request asked for JSON (structured outputs): the answer must parse as JSON.
+    wants_json: bool = False
+    # The job keeps the answer's thinking text.
+    keep_thinking: bool = False
 
     @property
     def identity(self) -> str:
@@ -149,6 +153,11 @@ class RowResult:
     served_model: str | None = None
     # --dedupe: the id of the row whose answer this one copies (sent once, paid once).
     copy_of: str | None = None
+    stop_details: str | None = None  # JSON
+    tool_calls: str | None = None  # JSON: [{"id", "name", "input"}, ...]
+    output_json: str | None = None  # the structured answer, compact JSON
+    thinking: str | None = None
+    thinking_tokens: int | None = None
     error_type: str | None = None
     error_message: str | None = None
     request_id: str | None = None

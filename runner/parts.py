@@ -39,6 +39,11 @@ RESULT_SCHEMA: dict[str, Any] = {
     "latency_ms": pl.Float64,
     "served_model": pl.String,
     "copy_of": pl.String,
+    "stop_details": pl.String,
+    "tool_calls": pl.String,
+    "output_json": pl.String,
+    "thinking": pl.String,
+    "thinking_tokens": pl.Int64,
 }
 # Per results row: its identity (what resume matches on), its line in the current
 # input (null once it is no longer there) and its request fingerprint.
@@ -84,6 +89,11 @@ def result_record(result: RowResult) -> dict[str, Any]:
         "latency_ms": result.latency_ms,
         "served_model": result.served_model,
         "copy_of": result.copy_of,
+        "stop_details": result.stop_details,
+        "tool_calls": result.tool_calls,
+        "output_json": result.output_json,
+        "thinking": result.thinking,
+        "thinking_tokens": result.thinking_tokens,
         "key": result.key or result.id,
         "line": result.line,
         "fingerprint": result.fingerprint,

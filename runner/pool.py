@@ -24,6 +24,7 @@ from tenacity import (
 from runner.budget import Budget
 from runner.cache import AnswerCache
 from runner.client import Completion, stream_message
+from runner.content import with_answer_content
 from runner.dedupe import Deduper
 from runner.errors import (
     ApiError,
@@ -236,6 +237,7 @@ class WorkerPool:
             ttft_ms=completion.ttft_ms,
             latency_ms=completion.latency_ms,
         )
+        result = with_answer_content(result, request, completion)
         self.record(result, attempts[-1:])
         self.stats.add_result(result)
         return result

@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from runner.apikey import mask, mask_optional
+from runner.content import AnswerContent, ContentCollector
 from runner.errors import AttemptFacts, MidstreamError
 from runner.models import Outcome, Usage
 
@@ -40,6 +41,10 @@ class Completion:
     latency_ms: float
     # message_start's message.model: the model that answered (a proxy may substitute).
     served_model: str | None = None
+    # Tool calls and thinking; the stop's details (a refusal's category) as JSON text.
+    content: AnswerContent = field(default_factory=AnswerContent)
+    stop_details: str | None = None
+    thinking_tokens: int | None = None
 
 
 def error_body(text: str) -> tuple[str | None, str, dict[str, Any]]:
@@ -138,7 +143,9 @@ class _UsageTracker:
 
 
 # The events whose data carries facts; the others are not decoded when named.
-_FACT_EVENTS = frozenset({"content_block_delta", "message_start", "message_delta", "error"})
+_FACT_EVENTS = frozenset(
+    {"content_block_start", "content_block_delta", "message_start", "message_delta", "error"}
+)
 
 
 class AnswerReader:
@@ -146,9 +153,11 @@ class AnswerReader:
 
     __slots__ = (
         "completed",
+        "content",
         "request_id",
         "served_model",
         "started",
+        "stop_details",
         "stop_reason",
         "text",
         "tracker",
@@ -164,6 +173,8 @@ class AnswerReader:
         self.request_id: str | None = None
         self.ttft_ms: float | None = None
         self.stop_reason: str | None = None
+        self.content = ContentCollector()
+        self.stop_details: str | None = None
 
     def on_event(self, kind: str, data: str) -> Completion | None:
         """Take in one event; the Completion once it is `message_stop`."""
@@ -185,6 +196,10 @@ class AnswerReader:
                 if self.ttft_ms is None:
                     self.ttft_ms = (time.perf_counter() - self.started) * 1000.0
                 self.text.append(text)
+            else:
+                self.content.delta(fields.get("index"), delta)
+        elif kind == "content_block_start":
+            self.content.start(fields.get("index"), fields.get("content_block"))
         elif kind == "message_start":
             message = _object(fields.get("message"), "message_start's message")
             self.tracker.start(_optional_object(message.get("usage"), "message_start's usage"))
@@ -194,6 +209,7 @@ class AnswerReader:
             delta = _optional_object(fields.get("delta"), "message_delta's delta")
             if "stop_reason" in delta:
                 self.stop_reason = _optional_str(delta["stop_reason"], "stop_reason")
+            self._stopped_because(delta)
         elif kind == "message_stop":
             return self.completion()
         elif kind == "error":
@@ -212,8 +228,9 @@ class AnswerReader:
         content = message.get("content")
         if not isinstance(content, list):
             raise BadAnswer("the JSON answer has no content list")
-        for block in content:
+        for index, block in enumerate(content):
             block = _object(block, "a content block")
+            self.content.block(index, block)
             if block.get("type") == "text":
                 text = block.get("text")
                 if not isinstance(text, str):
@@ -222,6 +239,7 @@ class AnswerReader:
         self.tracker.start(_optional_object(message.get("usage"), "the answer's usage"))
         self._served_by(message)
         self.stop_reason = _optional_str(message.get("stop_reason"), "stop_reason")
+        self._stopped_because(message)
         self.ttft_ms = (time.perf_counter() - self.started) * 1000.0
         return self.completion()
 
@@ -235,8 +253,17 @@ class AnswerReader:
             ttft_ms=self.ttft_ms,
             latency_ms=(time.perf_counter() - self.started) * 1000.0,
             served_model=self.served_model,
+            content=self.content.content(),
+            stop_details=self.stop_details,
+            thinking_tokens=self.tracker.fields.get("thinking_tokens"),
         )
         return self.completed
+
+    def _stopped_because(self, fields: dict[str, Any]) -> None:
+        # stop_details: e.g. {"type": "refusal", "category": ..., "explanation": ...}.
+        details = fields.get("stop_details")
+        if isinstance(details, dict):
+            self.stop_details = mask(json.dumps(details, ensure_ascii=False)[:2000])
 
     def _served_by(self, message: dict[str, Any]) -> None:
         model = message.get("model")

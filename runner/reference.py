@@ -45,7 +45,9 @@ RESULT_COLUMNS = {
     "stop_details": "What the API said beyond the stop reason (a refusal's category).",
     "tool_calls": "The tool calls of the answer, as JSON.",
     "output_json": "The answer parsed as JSON, when the request asked for JSON.",
-    "thinking_tokens": "Output tokens spent on extended thinking.",
+    "thinking_tokens": "Output tokens spent on extended thinking, when the usage reports "
+    "them (the Anthropic API counts them in output_tokens and reports none apart).",
+    "thinking": "The answer's thinking text, when the job sets `keep_thinking`.",
     "input_tokens": "Input tokens of the successful attempt, as the API reported them.",
     "output_tokens": "Output tokens of the successful attempt.",
     "cache_creation_input_tokens": "Tokens written to the prompt cache.",

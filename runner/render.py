@@ -64,7 +64,13 @@ class Renderer:
         self._system_chars = len(spec.system or "")
         static = json.dumps(self.static, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
         self._fingerprint_seed = hashlib.blake2b(static.encode(), digest_size=12)
-        self._body_prefix = (static[:-1] + ',"messages":[{"role":"user","content":').encode()
+        # The body keeps nested objects in the job's order: a JSON schema's property order
+        # is the order the answer's fields come in.
+        sent = json.dumps(
+            dict(sorted(self.static.items())), ensure_ascii=False, separators=(",", ":")
+        )
+        self._body_prefix = (sent[:-1] + ',"messages":[{"role":"user","content":').encode()
+        self._wants_json = _wants_json(self.static)
         self._simple = not (batch_requests or self.row_fields or self._messages_column)
         self._simple = self._simple and not self._attachments
 
@@ -115,6 +121,8 @@ class Renderer:
             fingerprint=fingerprint.hexdigest(),
             estimated_input_tokens=_estimate(body),
             max_tokens=max_tokens if isinstance(max_tokens, int) else self.spec.max_tokens,
+            wants_json=_wants_json(body),
+            keep_thinking=self.spec.keep_thinking,
         )
 
     def _prompt(self, row: InputRow) -> str | InvalidRow:
@@ -144,6 +152,8 @@ class Renderer:
             fingerprint=digest.hexdigest(),
             estimated_input_tokens=int((len(prompt) + self._system_chars) / CHARS_PER_TOKEN) + 8,
             max_tokens=self.spec.max_tokens,
+            wants_json=self._wants_json,
+            keep_thinking=self.spec.keep_thinking,
         )
 
     def _body(self, row: InputRow, prompt: str | None) -> dict[str, Any]:
@@ -222,6 +232,14 @@ def _row_fields(spec: RequestSpec, input_columns: Sequence[str]) -> dict[str, st
             if name not in fields and name in input_columns and name != spec.prompt_column:
                 fields[name] = name
     return fields
+
+
+def _wants_json(body: dict[str, Any]) -> bool:
+    """The request asks for a JSON answer (output_config.format, or the beta's output_format)."""
+    config = body.get("output_config")
+    return bool(isinstance(config, dict) and config.get("format")) or bool(
+        body.get("output_format")
+    )
 
 
 def _estimate(body: dict[str, Any]) -> int:
