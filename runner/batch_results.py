@@ -22,6 +22,7 @@ from dataclasses import replace
 from typing import Any
 
 from runner.batch_ledger import BatchItem, RetrySpool
+from runner.content import message_content
 from runner.errors import ApiError, AttemptFacts, FatalApiError
 from runner.models import Attempt, Outcome, RowResult, Status, Usage
 from runner.pool import RecordFn
@@ -126,6 +127,7 @@ class ItemSettler:
             attempts=attempt.number,
             request_id=batch_id,
             served_model=served,
+            **message_content(message),
         )
         self._finish(result, [attempt])
 

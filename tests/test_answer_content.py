@@ -214,3 +214,17 @@ def test_the_dataset_example_job_runs_and_exports(tmp_path: Path, mock_api: Mock
     first = json.loads(out.read_text().splitlines()[0])
     assert list(first) == ["sku", "item", "title", "category", "highlights"]
     assert first["category"] in ("kitchen", "outdoors", "electronics", "home", "fitness")
+
+
+def test_tool_calls_in_batch_mode(tmp_path: Path) -> None:
+    with serve_in_thread(MockConfig(batch_processing_s=0.02)) as mock:
+        outcome = run(
+            tmp_path,
+            mock.base_url,
+            n=2,
+            **{"mode": "batch", "batch.poll_interval": 0.02, "request.params": {"tools": [TOOL]}},
+        )
+    assert outcome.exit_code == 0, outcome.summary
+    for row in results_of(outcome.run_dir).iter_rows(named=True):
+        (call,) = json.loads(row["tool_calls"])
+        assert call["name"] == "lookup" and set(call["input"]) == {"sku", "count"}

@@ -33,6 +33,11 @@ CONTRACT = {
     "latency_ms": pl.Float64,
     "served_model": pl.String,
     "copy_of": pl.String,
+    "stop_details": pl.String,
+    "tool_calls": pl.String,
+    "output_json": pl.String,
+    "thinking": pl.String,
+    "thinking_tokens": pl.Int64,
 }
 
 
