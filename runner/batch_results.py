@@ -22,7 +22,6 @@ from dataclasses import replace
 from typing import Any
 
 from runner.batch_ledger import BatchItem, RetrySpool
-from runner.content import message_content
 from runner.errors import ApiError, AttemptFacts, FatalApiError
 from runner.models import Attempt, Outcome, RowResult, Status, Usage
 from runner.pool import RecordFn
@@ -127,7 +126,10 @@ class ItemSettler:
             attempts=attempt.number,
             request_id=batch_id,
             served_model=served,
-            **message_content(message),
+            # A batch item keeps no request: no JSON check or thinking text in batch mode.
+            tool_calls=completion.content.tool_calls_json(),
+            stop_details=completion.stop_details,
+            thinking_tokens=completion.thinking_tokens,
         )
         self._finish(result, [attempt])
 

@@ -21,7 +21,6 @@ if TYPE_CHECKING:  # reading.py builds Completions from this module's collector
 __all__ = [
     "AnswerContent",
     "ContentCollector",
-    "message_content",
     "parse_output_json",
     "with_answer_content",
 ]
@@ -109,21 +108,6 @@ def with_answer_content(result: RowResult, request: Request, completion: Complet
         if problem is not None:
             fields.update(status=Status.ERROR, error_type="invalid_output", error_message=problem)
     return replace(result, **fields)
-
-
-def message_content(message: dict[str, Any]) -> dict[str, Any]:
-    """A whole Message's tool calls and stop details, as RowResult keywords (batch results)."""
-    collector = ContentCollector()
-    for index, block in enumerate(message.get("content") or []):
-        if isinstance(block, dict):
-            collector.block(index, block)
-    details = message.get("stop_details")
-    return {
-        "tool_calls": collector.content().tool_calls_json(),
-        "stop_details": json.dumps(details, ensure_ascii=False)
-        if isinstance(details, dict)
-        else None,
-    }
 
 
 def parse_output_json(text: str) -> tuple[str | None, str | None]:
