@@ -303,7 +303,8 @@ class _Session:
                 write_json_atomic(run_dir / "summary.json", summary)
         except LocalFailureError as exc:
             # Every row is safe in the parts and the journal; only this record is missing.
-            message = f"stopped: {exc} (run.json and summary.json not updated)"
+            first = self.control.local_failure  # the cause that stopped the run, if one did
+            message = f"stopped: {first or exc} (run.json and summary.json not updated)"
             exit_code = summary["exit_code"] = EXIT_LOCAL
             summary["state"], summary["reason"] = state_for(EXIT_LOCAL).value, str(exc)
             summary["resume_command"] = resume_command(self.options.argv, run_dir.name)
