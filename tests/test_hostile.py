@@ -80,7 +80,11 @@ def by_id(run_dir: Path) -> dict[str, dict]:
 
 
 def test_no_server_answer_crashes_a_run(tmp_path: Path) -> None:
-    kinds = [*MALFORMED, "huge_event", "huge_answer", "ping_forever", "data_only", "json_message"]
+    kinds = [
+        *MALFORMED,
+        *("huge_event", "huge_answer", "ping_forever", "data_only", "json_message"),
+        "gateway_limits",
+    ]
     with serve_hostile() as server:
         proc, run_dir = run_kinds(
             tmp_path,
@@ -116,6 +120,10 @@ def test_no_server_answer_crashes_a_run(tmp_path: Path) -> None:
     assert whole["attempts"] == 1 and whole["stop_reason"] == "end_turn"
     assert (whole["input_tokens"], whole["output_tokens"]) == (12, 7)
     assert whole["cost_usd"] > 0
+    # LiteLLM's llm_provider-anthropic-ratelimit-* headers were read as the API's.
+    assert rows["gateway_limits"]["status"] == "ok"
+    rpm = json.loads((run_dir / "summary.json").read_text())["limiter"]["meters"]["rpm"]
+    assert (rpm["limit"], rpm["source"]) == (120, "headers")
 
 
 def test_an_echoed_key_reaches_no_output(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
