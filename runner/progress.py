@@ -40,8 +40,8 @@ DEFAULT_PLAIN_INTERVAL_S = 30.0
 # What to do after each exit code, before the resume command.
 _NEXT_STEP = {
     1: "some rows failed; once the cause is fixed, send them again with",
-    3: "the API refused the run, or its endpoint cannot be reached; fix the cause above, "
-    "then resume with",
+    3: "the run stopped (the API refused it, or the endpoint cannot be reached); "
+    "fix the cause above, then resume with",
     4: "a local failure stopped the run; fix it (disk space, open files, permissions), "
     "then resume with",
     5: "the --max-cost budget is spent; to go on, raise it and resume with",
