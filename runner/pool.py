@@ -148,18 +148,19 @@ class WorkerPool:
         """Take rows from the queue until it closes or the run stops."""
         async with queue:
             async for item in queue:
+                # Once stopping, the rest of the queue is drained unsent (those rows stay
+                # for a resume): the producer stops at its next row, while a queue left
+                # with no reader would fail the send it is waiting in.
                 if self.control.stopping:
-                    return
+                    continue
                 try:
-                    if not await self._handle(item):
-                        return
+                    await self._handle(item)
                 except LocalFailureError as exc:
                     # Disk full, no file handles: stop at once, nothing more can be kept.
                     self.control.fail_locally(exc)
-                    return
 
     async def _handle(self, item: WorkItem) -> bool:
-        """Answer one row: a copy (dedupe, cache) or a request; False once the budget stops."""
+        """Answer one row: a copy (dedupe, cache) or a request; False once the budget stops it."""
         request = item.request
         lead = True if self.dedupe is None else self.dedupe.lead(request)
         if isinstance(lead, RowResult):
