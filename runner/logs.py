@@ -110,15 +110,17 @@ def log_start(job: Any, run_dir: Any, input_rows: int | None, *, resumed: bool) 
     models = [str(job.request.model)]
     rows = f"{input_rows:,} rows" if input_rows is not None else "rows counted as read"
     max_cost = getattr(job, "max_cost", None)
-    message = (
-        f"{'resume' if resumed else 'start'}: run {run_dir.name}, job {job.name}, "
-        f"input {job.input} ({rows}), mode {mode}, model {', '.join(models)}, "
-        f"concurrency {limits.concurrency}, "
-        + (
+    if mode == "batch":  # the pool and the rate limits play no part: the batches do
+        pace = f"batches of {job.batch.size:,}, polled every {job.batch.poll_interval:g}s"
+    else:
+        pace = f"concurrency {limits.concurrency}, " + (
             ", ".join(f"{name} {_limit(v)}" for name, v in meters.items())
             if any(v is not None for v in meters.values())
             else "no rate limits given"
         )
+    message = (
+        f"{'resume' if resumed else 'start'}: run {run_dir.name}, job {job.name}, "
+        f"input {job.input} ({rows}), mode {mode}, model {', '.join(models)}, {pace}"
         + f", max attempts {job.retry.max_attempts}"
         + (f", max cost ${max_cost:,.2f}" if max_cost is not None else "")
         + f", endpoint {job.base_url}, report {run_dir}"
