@@ -82,7 +82,7 @@ def setup_logging(
     _context.update(_NO_RUN)
 
 
-def bind_run(run_id: str, job: str) -> None:
+def bind_run(run_id: str | None, job: str) -> None:
     """Name the run every later JSON line belongs to."""
     _context.update(run_id=run_id, job=job)
 

@@ -167,6 +167,7 @@ def open_input(job: Job) -> tuple[Renderer, InputReader]:
 
 def execute(job: Job, options: RunOptions) -> RunOutcome:
     """Run `job` to completion (or to a stop) and return what happened."""
+    bind_run(options.run_id, job.name)  # the run id, if given, until it is resolved
     api_key = options.api_key or os.environ.get("ANTHROPIC_API_KEY")
     if credentials_missing(api_key):
         raise UsageError(
