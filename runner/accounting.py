@@ -86,6 +86,19 @@ class RunReader:
         )
 
 
+def _not_in_input(results: pl.LazyFrame) -> dict[str, int]:
+    """Rows by status whose row left the input (a null `line`): kept, not counted."""
+    if "line" not in results.collect_schema().names():
+        return {}
+    gone = results.filter(pl.col("line").is_null()).group_by("status").len()
+    return dict(gone.collect(engine="streaming").iter_rows())
+
+
+def _gone_count(gone: dict[str, int]) -> dict[str, int]:
+    """`not_in_input` for the rows figures, once any row left the input."""
+    return {"not_in_input": sum(gone.values())} if gone else {}
+
+
 def billed_model(results: pl.LazyFrame) -> pl.Expr:
     """The model a row is billed as: the one that served it, else the one asked for."""
     if "served_model" in results.collect_schema().names():
@@ -132,11 +145,15 @@ def account(results: pl.LazyFrame, attempts: pl.LazyFrame) -> dict[str, Any]:
             "unpriced_rows": entry["rows"] - entry["priced"],
             "retry_cost_usd": _retry_cost(retries_by_model, entry["billed"]),
         }
+    # Paid rows no longer in the input stay in the spend, but not in the row counts.
+    gone = _not_in_input(results)
+    for status, count in gone.items():
+        rows[status] -= count
     retries = _retries(failed)
     total = _sum_models(by_model)
     spend = [c for c in (total["cost_usd"], retries["cost_usd"]) if c is not None]
     return {
-        "rows": {**rows, "total": sum(rows.values())},
+        "rows": {**rows, "total": sum(rows.values()), **_gone_count(gone)},
         **total,
         "spend_usd": round(sum(spend), _DIGITS) if spend else None,
         "attempts": int(attempts.select(pl.len()).collect().item()),

@@ -64,13 +64,6 @@ def summarize(
     attempts = reader.attempts()
     figures = account(results, attempts)
     batch = batch_account(results, attempts, batch_multiplier)
-    # Paid rows no longer in the input stay on disk and in the spend, not in the counts.
-    gone = status_counts(results.filter(pl.col("line").is_null()))
-    rows = figures["rows"]
-    for status, count in gone.items():
-        rows[status] -= count
-    rows["total"] -= sum(gone.values())
-    rows["not_in_input"] = sum(gone.values())
     return {
         "state": state_for(exit_code).value,
         "reason": reason,

@@ -79,6 +79,13 @@ def test_a_shorter_input_never_deletes_paid_results(tmp_path: Path) -> None:
         assert shorter.returncode == 0, shorter.stderr
         assert "of 100 input rows" in shorter.stdout
         assert "200 paid rows not in the current input" in shorter.stdout
+        report = subprocess.run(
+            [sys.executable, "-m", "runner", "report", str(out / "in" / "r1"), "--json"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert json.loads(report.stdout)["rows"]["not_in_input"] == 200  # the report agrees
         results = RunStore(out / "in" / "r1").read_results(with_state=True)
         assert results.height == 300 and results["line"].null_count() == 200
         write_jsonl(input_path, rows)
@@ -86,7 +93,7 @@ def test_a_shorter_input_never_deletes_paid_results(tmp_path: Path) -> None:
         assert restored.returncode == 0, restored.stderr
         assert mock.record.totals()["requests"] == 300  # nothing was ever sent twice
     assert _summary(out)["rows"] == {
-        "ok": 300, "error": 0, "invalid": 0, "total": 300, "not_in_input": 0,
+        "ok": 300, "error": 0, "invalid": 0, "total": 300,
     }  # fmt: skip
 
 
