@@ -17,11 +17,12 @@ from runner.apikey import mask
 from runner.batch_session import cancel_run
 from runner.errors import RunnerError, UsageError
 from runner.export import FORMATS
+from runner.final_summary import print_failure, print_summary
 from runner.input_formats import format_names
 from runner.job import Mode, resolve_job
 from runner.logs import setup_logging
 from runner.models import Status
-from runner.progress import DEFAULT_PLAIN_INTERVAL_S, make_progress, print_failure, print_summary
+from runner.progress import DEFAULT_PLAIN_INTERVAL_S, make_progress
 from runner.run import RunOptions, RunOutcome, execute
 
 log = logging.getLogger("runner")

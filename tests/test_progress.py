@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 from helpers import STAMP, log_lines, prompts, run_rows, write_jsonl
 
+from runner.final_summary import print_summary, summary_lines
 from runner.mock import MockConfig, serve_in_thread
-from runner.progress import Sample, figures, print_summary, progress_line, summary_lines
+from runner.progress import Sample, figures, progress_line
 from runner.stats import RunStats
 
 REPO = Path(__file__).resolve().parent.parent
