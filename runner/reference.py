@@ -23,6 +23,7 @@ import polars as pl
 from runner import errors, run
 from runner.cli import SETTING_FLAGS, cli
 from runner.job import _SECTIONS, _TOP_KEYS, Job, _expected_type, _type_name
+from runner.outcome import RunState
 from runner.parts import ATTEMPT_SCHEMA, RESULT_SCHEMA, STATE_SCHEMA
 
 DOC_PATH = Path(__file__).resolve().parent.parent / "docs" / "reference.md"
@@ -133,6 +134,18 @@ EXIT_CODES = {
     4: "Stopped by a local failure (disk full, too many open files, permissions); resumable.",
     5: "Stopped at the `--max-cost` budget; resumable with a higher cap.",
     130: "Interrupted (Ctrl-C, SIGTERM); resumable with the command it prints.",
+}
+
+
+RUN_STATES = {
+    "finished": "Every row has its outcome (exit 0 or 1).",
+    "interrupted": "Ctrl-C or SIGTERM stopped it (exit 130); resumable.",
+    "stopped": "A fatal API answer (exit 3) or a local failure (exit 4) stopped it; `reason` "
+    "says which; resumable once fixed.",
+    "budget": "The `--max-cost` cap stopped it (exit 5); resumable with a higher cap.",
+    "crashed": "Its last session never wrote its end (killed, or the machine went down); "
+    "only reports say it, from run.json; resumable.",
+    "running": "A live process holds it; only reports say it.",
 }
 
 
@@ -254,6 +267,20 @@ def render() -> str:
     for code, classes in exit_codes().items():
         raised = ", ".join(f"`{c}`" for c in classes) or "—"
         out.append(f"| {code} | {_described(EXIT_CODES, code, 'exit code')} | {raised} |")
+    out += [
+        "",
+        "## Run states",
+        "",
+        "`summary.json` and `runner report --json` say how a run ended in `state` (with",
+        "`reason`, `exit_code` and `resume_command`).",
+        "",
+        "| state | meaning |",
+        "|---|---|",
+        *(
+            f"| `{state.value}` | {_described(RUN_STATES, state.value, 'run state')} |"
+            for state in RunState
+        ),
+    ]
     out += [
         "",
         "## Job file keys",
