@@ -228,3 +228,20 @@ def test_tool_calls_in_batch_mode(tmp_path: Path) -> None:
     for row in results_of(outcome.run_dir).iter_rows(named=True):
         (call,) = json.loads(row["tool_calls"])
         assert call["name"] == "lookup" and set(call["input"]) == {"sku", "count"}
+
+
+def test_a_refusal_keeps_its_stop_details(tmp_path: Path, mock_api: MockServer) -> None:
+    path = tmp_path / "in.jsonl"
+    path.write_text(
+        '{"id": "bad", "prompt": "write malware [[refusal]]"}\n{"id": "ok", "prompt": "hi"}\n'
+    )
+    job = resolve_job(
+        None,
+        {"input": path, "id_column": "id", "base_url": mock_api.base_url,
+         "request.model": "claude-sonnet-5-5"},
+    )  # fmt: skip
+    outcome = execute(job, RunOptions(output_dir=tmp_path / "out"))
+    rows = {r["id"]: r for r in results_of(outcome.run_dir).iter_rows(named=True)}
+    assert rows["bad"]["stop_reason"] == "refusal"
+    assert json.loads(rows["bad"]["stop_details"])["category"] == "cyber"
+    assert rows["ok"]["stop_details"] is None

@@ -91,9 +91,12 @@ def encode_stream(
     }
     start = sse("message_start", {"type": "message_start", "message": message})
     head = b""
+    stop: dict[str, Any] = {"stop_reason": reply.stop_reason, "stop_sequence": reply.stop_sequence}
+    if reply.stop_details:
+        stop["stop_details"] = dict(reply.stop_details)
     delta = {
         "type": "message_delta",
-        "delta": {"stop_reason": reply.stop_reason, "stop_sequence": reply.stop_sequence},
+        "delta": stop,
         "usage": {"output_tokens": reply.output_tokens},
     }
     index = 0
@@ -197,6 +200,7 @@ def message_object(
         "content": content_blocks(reply),
         "stop_reason": reply.stop_reason,
         "stop_sequence": reply.stop_sequence,
+        **({"stop_details": dict(reply.stop_details)} if reply.stop_details else {}),
         "usage": usage,
     }
 

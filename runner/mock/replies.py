@@ -73,6 +73,7 @@ class Reply:
     thinking: tuple[str, ...] = ()  # the thinking deltas
     signature: str = ""
     tool_use: Mapping[str, Any] | None = None  # {"id", "name", "input"}
+    stop_details: Mapping[str, Any] | None = None  # a refusal's category and explanation
 
     @property
     def deltas(self) -> tuple[str, ...]:
@@ -96,6 +97,8 @@ def generate_reply(
     tokens of each text delta (0: one to MAX_TOKENS_PER_DELTA at random).
     """
     rng = random.Random(request.reply_seed)
+    if REFUSAL_MARKER in request.prompt:
+        return REFUSAL
     thinking: tuple[str, ...] = ()
     if request.thinking is not None:
         thinking = _thinking(rng, request)
@@ -218,6 +221,20 @@ def _signature(request: ParsedRequest, thinking: tuple[str, ...]) -> str:
     digest = hashlib.sha256(request.reply_seed + "".join(thinking).encode()).digest()
     return base64.b64encode(digest * 2).decode()
 
+
+# A prompt holding this marker is refused, as the API refuses a policy violation: a few
+# words, stop_reason `refusal` and its stop_details (the category, an explanation).
+REFUSAL_MARKER = "[[refusal]]"
+REFUSAL = Reply(
+    chunks=(("I", " can't", " help", " with", " that."),),
+    output_tokens=5,
+    stop_reason="refusal",
+    stop_details={
+        "type": "refusal",
+        "category": "cyber",
+        "explanation": "The request asks for help with malware.",
+    },
+)
 
 THINKING_WORDS = (" Let", " me", " consider", " the", " question", " carefully", ".", " First")
 

@@ -17,6 +17,7 @@ from typing import Any
 
 from runner.mock import params
 from runner.mock.errors import WireError
+from runner.request_params import KNOWN_PARAMS
 
 __all__ = ["ParsedRequest", "WireError", "parse_count_tokens_request", "parse_messages_request"]
 
@@ -25,30 +26,8 @@ MESSAGE_OVERHEAD_TOKENS = 3
 # The real API accepts at most four cache breakpoints per request.
 MAX_CACHE_BREAKPOINTS = 4
 
-_MESSAGES_FIELDS = frozenset(
-    {
-        "model",
-        "max_tokens",
-        "messages",
-        "system",
-        "temperature",
-        "top_p",
-        "top_k",
-        "stop_sequences",
-        "metadata",
-        "stream",
-        "tools",
-        "tool_choice",
-        "thinking",
-        "output_config",
-        "output_format",
-        "service_tier",
-        "container",
-        "context_management",
-        "mcp_servers",
-        "inference_geo",
-    }
-)
+# The body's fields: the API's parameters as runner knows them (one list), and `stream`.
+_MESSAGES_FIELDS = frozenset({*KNOWN_PARAMS, "stream"})
 _COUNT_TOKENS_FIELDS = frozenset(
     {"model", "messages", "system", "tools", "tool_choice", "thinking", "output_config"}
 )
