@@ -480,19 +480,25 @@ class _Session:
             self.budget,
             self.cache,
         )
-        async with open_backend(parts) as backend:
-            await drive(
-                backend,
-                self._produce,
-                store=self.store,
-                control=control,
-                stats=self.stats,
-                progress=self.options.progress,
-                grace=job.retry.grace_period,
-                queue_size=job.limits.concurrency * 2,
-                # What earlier sessions left is settled now: read the store again.
-                on_prepared=lambda: self.__dict__.pop("done", None),
-            )
+        try:
+            async with open_backend(parts) as backend:
+                await drive(
+                    backend,
+                    self._produce,
+                    store=self.store,
+                    control=control,
+                    stats=self.stats,
+                    progress=self.options.progress,
+                    grace=job.retry.grace_period,
+                    queue_size=job.limits.concurrency * 2,
+                    # What earlier sessions left is settled now: read the store again.
+                    on_prepared=lambda: self.__dict__.pop("done", None),
+                )
+        except* LocalFailureError as failures:
+            # From any task (a backend's own writes, say): the same clean stop, exit 4.
+            first = failures.exceptions[0]
+            if isinstance(first, LocalFailureError) and control.local_failure is None:
+                control.local_failure = first
         if control.local_failure is not None:
             return EXIT_LOCAL
         if control.fatal is not None:

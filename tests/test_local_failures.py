@@ -61,19 +61,23 @@ def _assert_clean_stop(done: subprocess.CompletedProcess[str], cause: str) -> No
     assert "resume with: runner run" in text and "--run-id r1" in text
 
 
-def test_a_full_disk_stops_with_exit_4_and_the_resume_completes(tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", ["stream", "batch"])
+def test_a_full_disk_stops_with_exit_4_and_the_resume_completes(tmp_path: Path, mode: str) -> None:
     rows = prompts(400, prefix="disk full")
     input_path = write_jsonl(tmp_path / "in.jsonl", rows)
     with (
         _tmpfs(tmp_path / "small", "96k") as out,
-        serve_in_thread(MockConfig(latency_ms=5)) as mock,
+        serve_in_thread(MockConfig(latency_ms=5, batch_processing_s=0.2)) as mock,
     ):
-        cmd = _command(input_path, mock.base_url, out, "--max-tokens", "300")
+        batch = ["--poll-interval", "0.05"] if mode == "batch" else []
+        cmd = _command(
+            input_path, mock.base_url, out, "--max-tokens", "300", "--mode", mode, *batch
+        )
         full = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
         _assert_clean_stop(full, "disk full (ENOSPC)")
         assert "state: stopped (exit 4)" in full.stdout  # the summary
         served_first = mock.record.attempts()
-        assert 0 < len(served_first) < len(rows)
+        assert 0 < len(served_first) <= len(rows)  # a batch is sent whole
         _remount(out, "size=32m")
         resumed = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
         assert resumed.returncode == 0, resumed.stderr
