@@ -197,16 +197,17 @@ def batch_account(
         .row(0, named=True)
     )
     cost = round(float(rows["cost"] or 0.0), _DIGITS) if rows["priced"] else None
-    standard = None
+    standard = saved = None
     if cost is not None and batch_multiplier:
         standard = round(cost / batch_multiplier, _DIGITS)
+        saved = round(standard - cost, _DIGITS)
     return {
         "items": int(counts["items"][0]),
         "billed_items": int(counts["billed"][0]),
         "rows": int(rows["rows"]),
         "cost_usd": cost,
         "standard_cost_usd": standard,
-        "saved_usd": round(standard - cost, _DIGITS) if standard is not None else None,
+        "saved_usd": saved,
     }
 
 

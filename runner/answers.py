@@ -10,6 +10,7 @@ is `empty` whatever its stop reason.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import polars as pl
 
@@ -44,7 +45,7 @@ def answer_kind(columns: Iterable[str]) -> pl.Expr:
     if "tool_calls" in set(columns):
         empty = empty & pl.col("tool_calls").is_null()
     stop = pl.col("stop_reason")
-    kind = pl.when(pl.col("status") != Status.OK.value).then(pl.lit(None, pl.String))
+    kind: Any = pl.when(pl.col("status") != Status.OK.value).then(pl.lit(None, pl.String))
     for reason, name in _STOP_REASON_KIND.items():
         kind = kind.when(stop == reason).then(pl.lit(name))
     return kind.when(empty).then(pl.lit("empty")).otherwise(pl.lit(USABLE)).alias("answer")

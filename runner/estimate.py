@@ -23,7 +23,7 @@ import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import httpx
@@ -150,8 +150,8 @@ def _learn(run_dir: Path, source: str) -> dict[str, Any] | None:
         "source": source,
         "run_dir": str(run_dir),
         "rows": ok.height,
-        "mean_output_tokens": float(ok["output_tokens"].mean()),
-        "mean_latency_ms": float(ok["latency_ms"].mean()),
+        "mean_output_tokens": float(cast(float, ok["output_tokens"].mean())),
+        "mean_latency_ms": float(cast(float, ok["latency_ms"].mean())),
         "cost_usd": round(float(ok["cost_usd"].sum() or 0.0), 10),
     }
 

@@ -13,6 +13,7 @@ import io
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import matplotlib
 import numpy as np
@@ -40,7 +41,13 @@ _RC = {
 }
 OK_COLOUR, FAIL_COLOUR, INK = "#3b7dd8", "#d8613b", "#555555"
 _TOKEN_COLOURS = ("#6c5ba7", "#b7a9e0", "#6a9f4b", "#b6d69f")
-CHART_COLUMNS = (*ACCOUNT_COLUMNS, "latency_ms", "ttft_ms", "error_type", "error_message")
+CHART_COLUMNS: tuple[str, ...] = (
+    *ACCOUNT_COLUMNS,
+    "latency_ms",
+    "ttft_ms",
+    "error_type",
+    "error_message",
+)
 CHART_COLUMNS += ("attempts",)
 TIME_BINS = 60
 MIN_BIN_S = 0.25
@@ -313,7 +320,7 @@ CHARTS: tuple[tuple[str, str, Chart, tuple[float, float]], ...] = (
 
 def svg(draw: Chart, size: tuple[float, float], frames: Frames) -> str:
     """One chart as inline SVG (no XML prolog, so it can sit inside HTML)."""
-    with matplotlib.rc_context(_RC):
+    with matplotlib.rc_context(cast(Any, _RC)):
         fig = Figure(figsize=size, layout="constrained")
         draw(fig, frames)
         buffer = io.StringIO()

@@ -141,7 +141,16 @@ def _table(table_id: str, head: tuple[str, ...], rows: list[tuple[Any, ...]]) ->
 
 def _runs_table(report: dict[str, Any]) -> str:
     """A job folder: one line per run, the morning question for each."""
-    head = ("run", "state", "exit", "started", "rows ok", "error", "invalid", "usable")
+    head: tuple[str, ...] = (
+        "run",
+        "state",
+        "exit",
+        "started",
+        "rows ok",
+        "error",
+        "invalid",
+        "usable",
+    )
     head += ("cost", "retries", "wall time", "rows/s")
     rows = [
         (
@@ -166,7 +175,7 @@ def _failed_rows(frames: Frames, per_run: bool) -> str:
     if failed.is_empty():
         return '<h2>Failed rows</h2><p id="failed-count">No failed rows.</p>'
     shown = failed.head(FAILED_ROWS_SHOWN)
-    head = ("run",) if per_run else ()
+    head: tuple[str, ...] = ("run",) if per_run else ()
     head += ("id", "status", "error", "attempts", "message")
     rows = []
     for row in shown.iter_rows(named=True):
@@ -212,7 +221,14 @@ def _spend_per_day(fig: Figure, ledger: dict[str, Any]) -> None:
 def render_ledger_html(ledger: dict[str, Any]) -> str:
     """The ledger's page: spend per day as a chart, then per day, per job and per model."""
     svg = figure_svg(lambda fig: _spend_per_day(fig, ledger), (9, 3.5))
-    columns = ("runs", "rows", "input_tokens", "output_tokens", "cost_usd", "retry_cost_usd")
+    columns: tuple[str, ...] = (
+        "runs",
+        "rows",
+        "input_tokens",
+        "output_tokens",
+        "cost_usd",
+        "retry_cost_usd",
+    )
     columns += ("spend_usd", "unpriced_rows")
     tables = []
     for title, key in (("day", "by_day"), ("job", "by_job"), ("model", "by_model")):

@@ -265,6 +265,7 @@ class WrittenFloat(float):
     """A JSON number with a fraction or exponent that remembers how the file wrote it."""
 
     __slots__ = ("text",)
+    text: str
 
     def __new__(cls, text: str) -> WrittenFloat:
         value = super().__new__(cls, text)

@@ -17,7 +17,7 @@ import tempfile
 import zlib
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 from runner.errors import InputFileError
 
@@ -74,7 +74,8 @@ class _HashingReader(io.RawIOBase):
         return True
 
     def readinto(self, buffer: Any) -> int:
-        n = self._raw.readinto(buffer) or 0  # straight into the buffer: no copy
+        # straight into the buffer, no copy (every raw stream runner opens has readinto)
+        n = cast(Any, self._raw).readinto(buffer) or 0
         self.digest.update(memoryview(buffer)[:n])
         self.size += n
         return n

@@ -161,9 +161,8 @@ class InputReader:
         seen = SeenIds()
         for number, record in enumerate(records, 1):
             if record.columns is None:
-                yield InvalidRow(
-                    self._fallback_id(number, record.line), record.line, record.problem
-                )
+                reason = record.problem or "unreadable record"
+                yield InvalidRow(self._fallback_id(number, record.line), record.line, reason)
                 continue
             row_id, id_problem = self._row_id(record.columns, number)
             problem = record.problem or id_problem

@@ -89,7 +89,7 @@ def bind_run(run_id: str | None, job: str) -> None:
 
 def emit(level: int, message: str, fields: dict[str, Any]) -> None:
     """A line with figures as JSON fields, through the run's handler even below its level."""
-    record = log.makeRecord(log.name, level, __file__, 0, message, None, None)
+    record = log.makeRecord(log.name, level, __file__, 0, message, (), None)
     record.fields = fields
     log.handle(record)
 

@@ -337,7 +337,9 @@ class _Builder:
             self._scale(name, factor)
             current = self.layers.models[name]
             changes.append(f"{name} ×{factor:g}")
-        prices = {key: number(entry[key], here, key) for key in PRICE_FIELDS if key in entry}
+        prices: dict[str, Any] = {
+            key: number(entry[key], here, key) for key in PRICE_FIELDS if key in entry
+        }
         band = entry.get("long_prompt")
         if current is None:
             missing = [key for key in PRICE_FIELDS if key not in prices]
@@ -378,7 +380,9 @@ def _with_band(price: ModelPrice, band: Any, here: str) -> ModelPrice:
     if isinstance(above, bool) or not isinstance(above, int) or above <= 0:
         raise UsageError(f"{where}: field 'above_tokens' must be a positive whole number")
     base = price.long_prompt or replace(price, long_prompt=None, long_prompt_above=None)
-    prices = {key: number(band[key], where, key) for key in PRICE_FIELDS if key in band}
+    prices: dict[str, Any] = {
+        key: number(band[key], where, key) for key in PRICE_FIELDS if key in band
+    }
     return replace(price, long_prompt_above=above, long_prompt=replace(base, **prices))
 
 

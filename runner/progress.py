@@ -265,7 +265,7 @@ class LiveProgress:
                 handler.setStream(stream)
 
 
-def _log_to(old: TextIO, new: TextIO) -> list[tuple[logging.StreamHandler, TextIO]]:
+def _log_to(old: TextIO, new: TextIO) -> list[tuple[logging.StreamHandler, Any]]:
     """Move the run's log handlers from `old` to `new`: rich's proxy prints above the display."""
     if new is old:
         return []

@@ -55,7 +55,8 @@ def error_body(text: str) -> tuple[str | None, str, dict[str, Any]]:
         return None, mask(text.strip()[:300]) or "(empty body)", {}
     if not isinstance(error, dict):
         return None, mask(str(error)[:300]), {}
-    details = error.get("details") if isinstance(error.get("details"), dict) else {}
+    raw_details = error.get("details")
+    details: dict[str, Any] = raw_details if isinstance(raw_details, dict) else {}
     error_type = error.get("type")
     error_type = mask(error_type)[:100] if isinstance(error_type, str) else None
     return error_type, mask(str(error.get("message", ""))[:2000]), details

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import sys
+from collections.abc import Mapping
 from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any
@@ -153,7 +154,7 @@ class MissingDescription(Exception):
     """Something in the code has no description here: the page would be incomplete."""
 
 
-def _described(table: dict[str, str], name: str, where: str) -> str:
+def _described(table: Mapping[Any, str], name: Any, where: str) -> str:
     if name not in table:
         raise MissingDescription(f"describe {where} '{name}' in runner/reference.py")
     return table[name]

@@ -94,11 +94,12 @@ class Renderer:
 
     def render(self, row: InputRow) -> Request | InvalidRow:
         """The request for `row`, or an InvalidRow naming the column that is missing or wrong."""
-        prompt = None
+        prompt: str | None = None
         if self._pieces:
-            prompt = self._prompt(row)
-            if isinstance(prompt, InvalidRow):
-                return prompt
+            made = self._prompt(row)
+            if isinstance(made, InvalidRow):
+                return made
+            prompt = made
         if self._simple:
             assert prompt is not None, "a simple job always has a template"
             return self._simple_request(row, prompt)
@@ -175,8 +176,8 @@ class Renderer:
                 raise _RowProblem(problem)
             body[param] = value
         messages = self._messages(row)
-        blocks = [self._attachment(row, column) for column in self._attachments]
-        blocks = [block for group in blocks for block in group]
+        groups = [self._attachment(row, column) for column in self._attachments]
+        blocks = [block for group in groups for block in group]
         if prompt is not None or blocks:
             content: Any = prompt
             if blocks:  # images and documents before the text, as the docs advise

@@ -129,14 +129,17 @@ def percentiles(values: pl.Series) -> dict[str, float | None]:
     """p50/p90/p99 (linear interpolation, as numpy's default), None without data."""
     values = values.drop_nulls()
     return {
-        f"p{q}": (round(float(values.quantile(q / 100, "linear")), 3) if values.len() else None)
+        f"p{q}": (
+            round(float(values.quantile(q / 100, "linear") or 0.0), 3) if values.len() else None
+        )
         for q in PERCENTILES
     }
 
 
 def active_seconds(starts: Iterable[float], ends: Iterable[float]) -> float:
     """Seconds during which at least one attempt was in flight (the union of intervals)."""
-    total, current_start, current_end = 0.0, None, None
+    total, current_start = 0.0, 0.0
+    current_end: float | None = None
     for start, end in sorted(zip(starts, ends, strict=True)):
         if current_end is None or start > current_end:
             if current_end is not None:

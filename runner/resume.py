@@ -199,7 +199,10 @@ def batches(
         if limit is not None and count >= limit:
             break
         item = renderer.render(row) if isinstance(row, InputRow) else row
-        (invalid if isinstance(item, InvalidRow) else requests).append(item)
+        if isinstance(item, InvalidRow):
+            invalid.append(item)
+        else:
+            requests.append(item)
         if len(requests) + len(invalid) >= size:
             yield requests if by_id else _with_keys(requests, seen, repeats), invalid
             requests, invalid = [], []

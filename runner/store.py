@@ -175,12 +175,10 @@ class RunStore:
 
     def record(self, result: RowResult | None, attempts: Iterable[Attempt]) -> None:
         """Journal a finished row (or only the attempts of one abandoned mid-retry)."""
-        entry = {
-            "r": result_record(result) if result is not None else None,
-            "a": [attempt_record(a) for a in attempts],
-        }
+        row = result_record(result) if result is not None else None
+        tries = [attempt_record(a) for a in attempts]
         assert self._segment_fd is not None, "store is not open"
-        line = (json.dumps(entry, ensure_ascii=False) + "\n").encode()
+        line = (json.dumps({"r": row, "a": tries}, ensure_ascii=False) + "\n").encode()
         try:
             write_all(self._segment_fd, line, self.journal_dir)
         except OSError as exc:
@@ -190,9 +188,9 @@ class RunStore:
                 os.ftruncate(self._segment_fd, self._segment_bytes)
             raise LocalFailureError.from_os_error(exc, self.journal_dir) from None
         self._segment_bytes += len(line)
-        if entry["r"] is not None:
-            self._results.append(entry["r"])
-        self._attempts.extend(entry["a"])
+        if row is not None:
+            self._results.append(row)
+        self._attempts.extend(tries)
 
     def flush_due(self) -> bool:
         """Whether the open segment is big or old enough to become a part."""
@@ -245,7 +243,8 @@ class RunStore:
             match = _SEGMENT.match(path.name)
             if match is None:
                 continue
-            results, attempts = [], []
+            results: list[dict[str, Any]] = []
+            attempts: list[dict[str, Any]] = []
             for entry in _read_journal(path):
                 if entry.get("r") is not None:
                     results.append(entry["r"])

@@ -182,7 +182,7 @@ class _Releasing(httpx.AsyncByteStream):
 
     def __init__(self, stream: Any, open_counts: list[int], index: int) -> None:
         self._stream = stream
-        self._open = open_counts
+        self._open: list[int] | None = open_counts
         self._index = index
 
     async def __aiter__(self) -> AsyncIterator[bytes]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import sys
 from pathlib import Path
 
 import click
@@ -256,7 +257,7 @@ async def _serve(config: MockConfig, host: str, port: int, record_path: Path | N
         record.close()
         raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror}") from None
     click.echo(f"mock API listening on {url}")
-    click.get_text_stream("stdout").flush()
+    sys.stdout.flush()  # the URL line first, whatever buffers stdout
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -79,7 +79,7 @@ def encode_stream(
 ) -> EncodedStream:
     """Encode every event of a streamed reply."""
     start_usage = dict(usage, output_tokens=1)  # provisional, as the real API sends
-    message = {
+    message: dict[str, Any] = {
         "id": message_id,
         "type": "message",
         "role": "assistant",

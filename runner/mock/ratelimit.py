@@ -116,9 +116,9 @@ class RateLimiter:
                 token_buckets.append((remaining[0], bucket.limit, remaining[1]))
         if token_buckets:
             # The docs: the tokens-* headers show the most restrictive token limit in effect.
-            remaining, limit, reset = min(token_buckets)
+            least, limit, reset = min(token_buckets)
             headers["anthropic-ratelimit-tokens-limit"] = str(limit)
-            headers["anthropic-ratelimit-tokens-remaining"] = str(remaining)
+            headers["anthropic-ratelimit-tokens-remaining"] = str(least)
             headers["anthropic-ratelimit-tokens-reset"] = reset
         return headers
 

@@ -13,7 +13,7 @@ import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeGuard
 
 from runner.mock import params
 from runner.mock.errors import WireError
@@ -231,7 +231,7 @@ def _content_blocks(content: Any, role: str, path: str, first_overhead: int) -> 
         if not isinstance(raw, dict):
             raise WireError(f"{where}: Input should be a valid dictionary")
         kind = raw.get("type")
-        if kind not in allowed:
+        if not isinstance(kind, str) or kind not in allowed:
             tags = ", ".join(f"'{tag}'" for tag in allowed)
             raise WireError(
                 f"{where}: Input tag {kind!r} found using 'type' does not match any "
@@ -355,7 +355,7 @@ def _canonical(value: Any) -> bytes:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def _is_int(value: Any) -> bool:
+def _is_int(value: Any) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
