@@ -98,7 +98,8 @@ def compact(value: float, _position: object = None) -> str:
 
 
 def dollars(value: float, _position: object = None) -> str:
-    return f"${value:,.2f}" if abs(value) >= 1 or value == 0 else f"${value:.2g}"
+    """A dollar axis label: to the cent, and to two figures below a cent."""
+    return f"${value:,.2f}" if abs(value) >= 0.01 or value == 0 else f"${value:.2g}"
 
 
 def _no_data(ax: Axes, what: str) -> None:

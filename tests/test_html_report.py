@@ -16,7 +16,7 @@ from helpers import prompts, run_rows
 from PIL import Image
 
 from runner.errors import UsageError
-from runner.html_charts import CHARTS, Timeline, _busy_integral, compact
+from runner.html_charts import CHARTS, Timeline, _busy_integral, compact, dollars
 from runner.html_report import write_html_report
 
 CHART_IDS = [f"chart-{key}" for key, *_ in CHARTS]
@@ -181,6 +181,12 @@ def test_the_timeline_leaves_gaps_out_and_draws_them() -> None:
 
 def test_axis_labels_are_compact() -> None:
     assert [compact(v) for v in (950, 12_000, 3_400_000, 0.5)] == ["950", "12k", "3.4M", "0.5"]
+    assert [dollars(v) for v in (0, 0.5, 1234.5, 0.004)] == [
+        "$0.00",
+        "$0.50",
+        "$1,234.50",
+        "$0.004",
+    ]
 
 
 def test_a_run_with_no_attempts_still_draws_every_chart(tmp_path: Path, mock_api) -> None:
