@@ -22,6 +22,7 @@ from runner.input_formats import format_names
 from runner.job import Mode, resolve_job
 from runner.logs import setup_logging
 from runner.models import Status
+from runner.outcome import exit_codes_help
 from runner.progress import DEFAULT_PLAIN_INTERVAL_S, make_progress
 from runner.run import RunOptions, RunOutcome, execute
 
@@ -221,7 +222,7 @@ def _flags(kwargs: dict[str, Any]) -> dict[str, Any]:
     return {setting: kwargs.get(param) for setting, param in SETTING_FLAGS.items()}
 
 
-@cli.command()
+@cli.command(epilog=exit_codes_help())
 @_run_options
 @click.option(
     "--output-dir",
@@ -280,13 +281,7 @@ def _flags(kwargs: dict[str, Any]) -> dict[str, Any]:
     "(a terminal gets a live display instead).",
 )
 def run(**kwargs: Any) -> None:
-    """Run a job: stream every row's completion and write the Parquet report.
-
-    Exit codes: 0 every row ok, 1 some rows error/invalid, 2 bad usage, job or
-    input file, 3 stopped by a fatal API answer (401/403/spend cap), 5 stopped at the
-    --max-cost budget (resumable with a higher cap), 130 interrupted
-    (resumable with the command it prints).
-    """
+    """Run a job: stream every row's completion and write the Parquet report."""
     setup_logging(kwargs["quiet"], kwargs["log_format"])
     try:
         job = resolve_job(kwargs["job_file"], _flags(kwargs))

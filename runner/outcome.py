@@ -32,7 +32,27 @@ class RunState(StrEnum):
     RUNNING = "running"
 
 
-# The exit codes of docs/reference.md, by the state they leave the run in.
+# What each exit code means: `runner run --help` and docs/reference.md say it from here.
+EXIT_CODES = {
+    0: "Every row `ok`.",
+    1: "Finished, but some rows are `error` or `invalid` (the run prints the command that "
+    "sends them again); also an unreadable run folder.",
+    2: "Bad usage, job file or input file, or a run folder locked by another process: "
+    "nothing was sent.",
+    3: "Aborted on a fatal API answer (401, 403, spend cap) or an endpoint that cannot be "
+    "reached; resumable once fixed.",
+    4: "Stopped by a local failure (disk full, too many open files, permissions); resumable.",
+    5: "Stopped at the `--max-cost` budget; resumable with a higher cap.",
+    130: "Interrupted (Ctrl-C, SIGTERM); resumable with the command it prints.",
+}
+
+
+def exit_codes_help() -> str:
+    """The exit codes for `runner run --help`, one after another."""
+    return "Exit codes: " + " ".join(f"{code}: {text}" for code, text in EXIT_CODES.items())
+
+
+# The exit codes, by the state they leave the run in.
 _STATE_BY_EXIT = {
     0: RunState.FINISHED,
     1: RunState.FINISHED,

@@ -24,7 +24,7 @@ import polars as pl
 from runner import errors, run
 from runner.cli import SETTING_FLAGS, cli
 from runner.job import _SECTIONS, _TOP_KEYS, Job, _expected_type, _type_name
-from runner.outcome import RunState
+from runner.outcome import EXIT_CODES, RunState
 from runner.parts import ATTEMPT_SCHEMA, RESULT_SCHEMA, STATE_SCHEMA
 
 DOC_PATH = Path(__file__).resolve().parent.parent / "docs" / "reference.md"
@@ -123,18 +123,6 @@ JOB_KEYS = {
     "most 256 MB.",
     "retry.max_retry_after": "Longest `retry-after` honoured, in seconds; a longer one is "
     "cut to it.",
-}
-EXIT_CODES = {
-    0: "Every row `ok`.",
-    1: "Finished, but some rows are `error` or `invalid` (the run prints the command that "
-    "sends them again); also an unreadable run folder.",
-    2: "Bad usage, job file or input file, or a run folder locked by another process: "
-    "nothing was sent.",
-    3: "Aborted on a fatal API answer (401, 403, spend cap) or an endpoint that cannot be "
-    "reached; resumable once fixed.",
-    4: "Stopped by a local failure (disk full, too many open files, permissions); resumable.",
-    5: "Stopped at the `--max-cost` budget; resumable with a higher cap.",
-    130: "Interrupted (Ctrl-C, SIGTERM); resumable with the command it prints.",
 }
 
 

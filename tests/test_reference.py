@@ -27,8 +27,11 @@ def test_exit_codes_come_from_the_error_classes_and_the_run() -> None:
     assert "UsageError" in codes[2] and "FatalApiError" in codes[3]
     assert 0 in codes and 130 in codes
     page = reference.render()
+    run_help = reference._help("run")
     for code in codes:
         assert f"\n| {code} | " in page
+        # `runner run --help` says every one too, from the same descriptions.
+        assert f" {code}: " in " ".join(run_help.split()), code
 
 
 def test_a_column_without_a_description_stops_the_generator(
