@@ -48,7 +48,7 @@ from runner.provider import credentials_missing
 from runner.render import Renderer
 from runner.resume import DoneRows, Triage, batches, rows_key
 from runner.runs import existing_run, job_runs, latest_run
-from runner.signals import NotedSignals, noting_signals
+from runner.signals import NotedSignals, noting_signals, stop_here_if_asked
 from runner.stats import RunStats
 from runner.store import RunStore, open_store
 from runner.summary import status_counts, summarize
@@ -242,11 +242,13 @@ class _Session:
             self.stats.total_rows if self.stats.total_rows is not None else run_info["input_rows"]
         )
         log_start(self.job, run_dir, rows, resumed=resumed)
+        stop_here_if_asked("start-up")
         if signals.arrived:  # during start-up: nothing is sent
             exit_code = EXIT_INTERRUPTED
         elif exit_code is None:
             exit_code = anyio.run(self._drive)
             signals.install()  # the event loop put the default handlers back
+        stop_here_if_asked("compaction")
         exit_code = self._keep_on_disk(exit_code)
         if signals.arrived and exit_code != EXIT_LOCAL:
             exit_code = EXIT_INTERRUPTED  # during compaction: it finished, the run stops

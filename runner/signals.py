@@ -9,6 +9,7 @@ the step finishes, and the run ends with exit 130, its summary and the resume co
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 from collections.abc import Iterator
@@ -18,6 +19,16 @@ from types import FrameType
 log = logging.getLogger("runner")
 
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+# A phase name here makes the process stop itself (SIGSTOP) as it enters that phase, so a
+# crash test can deliver a signal exactly there instead of racing the run to it.
+STOP_AT_ENV = "RUNNER_STOP_AT"
+
+
+def stop_here_if_asked(phase: str) -> None:
+    """Freeze this process on entering `phase` when RUNNER_STOP_AT names it (tests only)."""
+    if os.environ.get(STOP_AT_ENV) == phase:
+        os.kill(os.getpid(), signal.SIGSTOP)
 
 
 class NotedSignals:

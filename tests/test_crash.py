@@ -17,6 +17,7 @@ import pytest
 from helpers import prompts, write_jsonl
 
 from runner.mock import MockConfig, MockRecord, ServedAttempt, serve_in_thread
+from runner.signals import STOP_AT_ENV
 from runner.store import open_store
 
 CONCURRENCY = 16
@@ -333,11 +334,16 @@ def test_a_second_process_on_the_same_run_is_refused(tmp_path: Path) -> None:
         assert third.returncode == 0, third.stderr
 
 
-def _stop_and_signal(proc: subprocess.Popen[str], signum: signal.Signals) -> None:
-    """Freeze the process where it is, queue `signum`, and let it go on: it lands there."""
-    proc.send_signal(signal.SIGSTOP)
-    proc.send_signal(signum)
-    proc.send_signal(signal.SIGCONT)
+def _wait_until_stopped(proc: subprocess.Popen[str]) -> None:
+    """Wait (bounded) until the process froze itself at the phase RUNNER_STOP_AT names."""
+    stat = Path(f"/proc/{proc.pid}/stat")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        # The state is the field after the parenthesised command name.
+        if stat.read_text().rsplit(")", 1)[1].split()[0] == "T":
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"the run did not reach its phase (exit {proc.poll()})")
 
 
 @pytest.mark.parametrize(
@@ -345,7 +351,7 @@ def _stop_and_signal(proc: subprocess.Popen[str], signum: signal.Signals) -> Non
     [
         ("start-up", signal.SIGTERM),
         ("start-up", signal.SIGINT),
-        ("compaction and summary", signal.SIGTERM),
+        ("compaction", signal.SIGTERM),
     ],
 )
 def test_a_signal_in_any_phase_ends_with_130_the_summary_and_the_resume_command(
@@ -357,17 +363,22 @@ def test_a_signal_in_any_phase_ends_with_130_the_summary_and_the_resume_command(
     with serve_in_thread(MockConfig()) as mock:
         cmd = _command(input_path, mock.base_url, out)
         cmd[cmd.index("--concurrency") + 1] = "64"
-        proc = _start(cmd, tmp_path)
-        assert proc.stderr is not None
-        if phase == "start-up":
-            for line in proc.stderr:  # the first thing a run logs: which run it is
-                if "starting a new run r1" in line:
-                    break
-        else:  # every answer was sent: what is left is recording, compaction and summary
-            deadline = time.monotonic() + 60
-            while mock.record.totals()["requests"] < len(rows) and time.monotonic() < deadline:
-                time.sleep(0.005)
-        _stop_and_signal(proc, signum)
+        # The run freezes itself as it enters the phase, so the signal lands exactly there.
+        proc = subprocess.Popen(
+            cmd,
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, STOP_AT_ENV: phase},
+        )
+        _wait_until_stopped(proc)
+        if phase == "compaction":  # every answer was sent: what is left is on disk
+            assert mock.record.totals()["requests"] == len(rows)
+        else:
+            assert mock.record.totals()["requests"] == 0
+        proc.send_signal(signum)
+        proc.send_signal(signal.SIGCONT)
         stdout, stderr = proc.communicate(timeout=60)
         assert proc.returncode == 130, stderr
         assert "state: interrupted (exit 130)" in stdout
