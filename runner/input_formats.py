@@ -69,6 +69,11 @@ class InputFormat:
         """The message for a column the job needs that the input does not have."""
         return f"no {self.noun} '{name}' in {where} ({self.noun}s: {', '.join(columns)})"
 
+    def count_rows(self, path: Path) -> int:
+        """The records a regular file holds, read once more, so progress can say "of N" at once."""
+        _, records = type(self)().open(InputSource(path))
+        return sum(1 for _ in records)
+
 
 class CsvFormat(InputFormat):
     """Comma-separated values with a header line, UTF-8 (a BOM is skipped)."""
@@ -147,6 +152,11 @@ class JsonlFormat(InputFormat):
         self._objects = objects
         return list(keys), self._records(peeked, lines)
 
+    def count_rows(self, path: Path) -> int:
+        # Non-blank lines, as `_json_record` skips them: no line needs parsing to count.
+        with path.open("rb") as lines:
+            return sum(1 for raw in lines if raw.strip() not in (b"", _BOM))
+
     def missing(self, name: str, columns: list[str], where: str) -> str:
         found = ", ".join(columns) or "none"
         return (
@@ -185,6 +195,14 @@ class ParquetFormat(InputFormat):
         except (pl.exceptions.PolarsError, OSError) as exc:
             raise InputFileError(f"{source.name}: not a readable Parquet file: {exc}") from None
         return columns, self._records(frame)
+
+    def count_rows(self, path: Path) -> int:
+        import polars as pl
+
+        try:
+            return int(pl.scan_parquet(path).select(pl.len()).collect().item())
+        except pl.exceptions.PolarsError as exc:
+            raise InputFileError(f"{path}: not a readable Parquet file: {exc}") from None
 
     def _records(self, frame: Any) -> Iterator[Record]:
         line = 0

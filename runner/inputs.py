@@ -153,6 +153,16 @@ class InputReader:
         assert records is not None, "check() opened the input"
         return self._rows(records)
 
+    def count_rows(self) -> int | None:
+        """The rows of a regular, uncompressed file, counted up front; None for a stream."""
+        source = self.source
+        if self.fmt is None or source.compression is not None or not source.is_regular_file():
+            return None
+        try:
+            return self.fmt.count_rows(self.path)
+        except (OSError, InputFileError):
+            return None  # the one read that sends the rows says what is wrong
+
     def fingerprint(self) -> dict[str, Any]:
         """What was read so far: path, size and sha256 (of all of it once read to the end)."""
         return self.source.fingerprint()

@@ -414,9 +414,9 @@ class _Session:
             exit_code = self._plan_from_results(settled["rows"])
             if exit_code is not None:
                 return exit_code
-        # The rows are counted as they are read and sent (the input is read once):
-        # the total is known when the input ends, or up front with --limit.
-        self.stats.total_rows = limit
+        # The input is read once, as it is sent; a regular file is also counted up front
+        # so that progress and a session stopped early say "of N" (a pipe: "of ?").
+        self.stats.total_rows = limit if limit is not None else self.reader.count_rows()
         return None
 
     def _batches(self) -> Iterator[tuple[list[Request], list[InvalidRow]]]:

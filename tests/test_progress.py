@@ -154,8 +154,8 @@ def test_without_a_terminal_plain_lines_and_no_control_characters(tmp_path: Path
     start = next(line for line in lines if line.startswith("runner: start: "))
     assert lines.index(start) < lines.index(progress[0])
     assert start.startswith("runner: start: run ") and ", job input," in start
-    # The input is read once, as it is sent: a first run counts its rows as it goes.
-    for piece in ("input.jsonl (rows counted as read)", "mode stream", "model claude-sonnet-5-5"):
+    # A regular file is counted up front: the first line already says how many rows.
+    for piece in ("input.jsonl (30 rows)", "mode stream", "model claude-sonnet-5-5"):
         assert piece in start
     assert "concurrency 2" in start and "no rate limits given" in start
     assert "/30 rows (" in progress[-1] and "req/s" in progress[-1]
@@ -171,7 +171,7 @@ def test_json_log_format_writes_progress_and_summary_as_fields(tmp_path: Path, s
     assert done.returncode == 0, done.stderr
     lines = [json.loads(line) for line in done.stderr.splitlines()]
     start = next(line for line in lines if line.get("event") == "start")
-    assert start["event"] == "start" and start["input_rows"] is None and start["concurrency"] == 2
+    assert start["event"] == "start" and start["input_rows"] == 30 and start["concurrency"] == 2
     assert start["models"] == ["claude-sonnet-5-5"] and start["limits"]["rpm"] is None
     run_id = Path(lines[-1]["report"]).name
     assert all(line["run_id"] == run_id and line["job"] == "input" for line in lines)

@@ -94,10 +94,10 @@ def test_interrupted_then_crashed_then_resumed(tmp_path: Path) -> None:
         assert first.returncode == 130, stderr
         summary = _summary(run_dir)
         assert (summary["state"], summary["exit_code"]) == ("interrupted", 130)
-        # "of N" is the input's rows, never the rows written so far: the input is read
-        # once, as it is sent, so a session stopped before its end does not know N.
-        assert summary["input_rows"] is None and summary["rows"]["total"] < ROWS
-        assert "of ? input rows (the input was not read to its end)" in stdout
+        # "of N" is the input's rows, never the rows written so far: a regular file is
+        # counted before it is sent, so a session stopped early still knows N.
+        assert summary["input_rows"] == ROWS and summary["rows"]["total"] < ROWS
+        assert f"of {ROWS:,} input rows" in stdout
         assert summary["resume_command"].endswith("--run-id r1")
 
         second = _start(tmp_path, input_path, mock.base_url)
@@ -107,7 +107,7 @@ def test_interrupted_then_crashed_then_resumed(tmp_path: Path) -> None:
         crashed = _report(run_dir)
         assert crashed["state"] == "crashed" and crashed["exit_code"] is None
         assert crashed["resume_command"] == summary["resume_command"]
-        assert crashed["input_rows"] is None
+        assert crashed["input_rows"] == ROWS
 
         third = _start(tmp_path, input_path, mock.base_url)
         stdout, stderr = third.communicate(timeout=120)
