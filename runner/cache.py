@@ -59,13 +59,9 @@ class AnswerCache:
             return None  # absent, or damaged: the request is simply sent
         self.use.reused += 1
         self.use.saved_usd += float(entry.get("cost_usd") or 0.0)
-        return RowResult(
-            id=request.row_id,
-            line=request.line,
-            status=Status.OK,
-            model=request.model,
-            fingerprint=request.fingerprint,
-            key=request.identity,
+        return RowResult.for_request(
+            request,
+            Status.OK,
             output_text=entry.get("text"),
             stop_reason=entry.get("stop_reason"),
             cost_usd=0.0,

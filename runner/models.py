@@ -165,3 +165,16 @@ class RowResult:
     latency_ms: float | None = None
     attempt_log: tuple[Attempt, ...] = field(default=())
     key: str = ""  # the row's identity (Request.identity); "" reads as the row id
+
+    @classmethod
+    def for_request(cls, request: Request, status: Status, **fields: Any) -> RowResult:
+        """The result of a sent (or answered) request: its row's id, line, model and identity."""
+        return cls(
+            id=request.row_id,
+            line=request.line,
+            status=status,
+            model=request.model,
+            fingerprint=request.fingerprint,
+            key=request.identity,
+            **fields,
+        )

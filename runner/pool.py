@@ -220,13 +220,9 @@ class WorkerPool:
             return result
         finally:
             self.stats.in_flight -= 1
-        result = RowResult(
-            id=request.row_id,
-            line=request.line,
-            status=Status.OK,
-            model=request.model,
-            fingerprint=request.fingerprint,
-            key=request.identity,
+        result = RowResult.for_request(
+            request,
+            Status.OK,
             output_text=completion.text,
             stop_reason=completion.stop_reason,
             usage=completion.usage,
@@ -393,13 +389,9 @@ class WorkerPool:
     def _failed(
         self, request: Request, prior: int, attempts: list[Attempt], exc: ApiError
     ) -> RowResult:
-        return RowResult(
-            id=request.row_id,
-            line=request.line,
-            status=Status.ERROR,
-            model=request.model,
-            fingerprint=request.fingerprint,
-            key=request.identity,
+        return RowResult.for_request(
+            request,
+            Status.ERROR,
             attempts=prior + len(attempts),
             error_type=exc.facts.error_type,
             error_message=exc.message,
