@@ -54,6 +54,17 @@ class DoneRows:
     """
 
     def __init__(self, store: RunStore) -> None:
+        self.empty = True
+        # A fresh run has nothing to read: polars' query code then stays out of memory
+        # while the streams are open (about 20 MB of a 500-stream run's peak, issue 17).
+        if store.holds_rows():
+            self._read(store)
+        # Few large batches when resuming, small ones for a fresh run so the first
+        # requests go out at once.
+        self.batch = 256 if self.empty else 8192
+
+    def _read(self, store: RunStore) -> None:
+        """Load the key table and the failed attempts of the rows on disk."""
         index = store.index(
             ("status", "attempts"),
             (
@@ -87,9 +98,6 @@ class DoneRows:
         self._failed_keys = failed["key_hash"]
         self._failed_prior = failed["failed_prior"]
         self.empty = table.is_empty() and failed.is_empty()
-        # Few large batches when resuming, small ones for a fresh run so the first
-        # requests go out at once.
-        self.batch = 256 if self.empty else 8192
 
     def triage(self, batch: list[Request]) -> Triage:
         """The batch's rows still to send (with their earlier attempts), and what it holds."""
@@ -130,6 +138,8 @@ class DoneRows:
 
     def no_longer_in_input(self) -> int:
         """Paid rows of earlier sessions that no batch matched: gone from the input."""
+        if self.empty:
+            return 0
         return int((self._lines.is_null() & self._paid).sum())
 
     def current_lines(self) -> pl.DataFrame:

@@ -33,6 +33,7 @@ from runner.cache import AnswerCache
 from runner.dedupe import check_dedupe
 from runner.drive import drive
 from runner.errors import LocalFailureError, RunnerError, UsageError
+from runner.heap import release_freed_memory
 from runner.inputs import InputReader, InvalidRowLog
 from runner.job import Job
 from runner.lifecycle import check_model
@@ -248,6 +249,7 @@ class _Session:
         elif exit_code is None:
             exit_code = anyio.run(self._drive)
             signals.install()  # the event loop put the default handlers back
+            release_freed_memory()
         stop_here_if_asked("compaction")
         exit_code = self._keep_on_disk(exit_code)
         if signals.arrived and exit_code != EXIT_LOCAL:

@@ -141,6 +141,10 @@ class RunStore:
             os.close(fd)  # closing drops the shared lock if it was taken
         return False
 
+    def holds_rows(self) -> bool:
+        """Whether any results or attempts part is on disk (an open store's journal is in parts)."""
+        return bool(self._parts(self.results_dir) or self._parts(self.attempts_dir))
+
     def _remove_temporaries(self) -> None:
         for directory in (self.run_dir, self.results_dir, self.state_dir, self.attempts_dir):
             for tmp in directory.glob(".*.tmp"):

@@ -14,6 +14,7 @@ import pytest
 import runner.store as store_module
 from runner.models import RowResult, Status, Usage
 from runner.part_index import KEY_HASH
+from runner.resume import DoneRows
 from runner.store import RunStore, open_store
 
 
@@ -121,3 +122,24 @@ def test_a_journal_left_by_a_crash_becomes_a_part(tmp_path: Path) -> None:
         results = recovered.read_results()
     assert results["output_text"].to_list() == ["kept"] * 3
     assert not list((tmp_path / "journal").glob("*.jsonl"))
+
+
+def test_a_fresh_run_reads_nothing_to_know_that_nothing_is_done(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fresh run keeps polars' query code out of memory while its streams are open."""
+
+    def no_reading(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a fresh run read its run directory")
+
+    with open_store(tmp_path / "fresh") as store:
+        with monkeypatch.context() as patched:
+            patched.setattr(RunStore, "index", no_reading)
+            patched.setattr(RunStore, "scan_attempts", no_reading)
+            fresh = DoneRows(store)
+        assert fresh.empty and fresh.no_longer_in_input() == 0
+        store.record(_row(1, "paid"), [])
+    # The journal left by that session is a part at the next start: that one reads it.
+    with open_store(tmp_path / "fresh") as store:
+        resumed = DoneRows(store)
+    assert not resumed.empty and resumed.no_longer_in_input() == 1
