@@ -147,7 +147,9 @@ _METRICS = {
 }
 
 
-def print_profile(name: str, samples: list[StreamSample]) -> dict[str, Any]:
+def print_profile(
+    name: str, samples: list[StreamSample], fixed: dict[str, float]
+) -> dict[str, Any]:
     """The table of one profile: medians (min-max) per side, and ratios to the SDK."""
     print(f"\nprofile {name}: {PROFILES[name]}")
     print(f"{'metric':<18}" + "".join(f"{side:>24}" for side in SIDES) + f"{'runner/sdk':>24}")
@@ -163,6 +165,10 @@ def print_profile(name: str, samples: list[StreamSample]) -> dict[str, Any]:
     full = [s.full_after_s for s in samples if s.sample.side == "runner"]
     peak = [s.peak_in_flight for s in samples if s.sample.side == "runner"]
     print(f"runner at {FULL_SHARE:.0%} of its concurrency after (s): {full}; peak in flight {peak}")
+    print(
+        f"peak RSS on {FIXED_ROWS} rows: "
+        + ", ".join(f"{side} {mb:.1f} MB" for side, mb in fixed.items())
+    )
     busy = max(s.sample.mock_busy for s in samples)
     print(f"mock busy (max of one core): {busy:.0%}")
     if busy > MOCK_BUSY_LIMIT:
@@ -170,8 +176,19 @@ def print_profile(name: str, samples: list[StreamSample]) -> dict[str, Any]:
     return table
 
 
-def run_profile(name: str, rows: int | None, reps: int, work: Path) -> list[StreamSample]:
-    """Every repetition of one profile, each side once per repetition, in rotating order."""
+# Rows of the run that shows each client's fixed memory: imports, and for runner the
+# Parquet parts, compaction and summary, whatever the concurrency.
+FIXED_ROWS = 10
+
+
+def run_profile(
+    name: str, rows: int | None, reps: int, work: Path
+) -> tuple[list[StreamSample], dict[str, float]]:
+    """Every repetition of one profile, each side once per repetition, in rotating order.
+
+    Also the peak RSS of runner and the SDK on `FIXED_ROWS` rows of the same streams:
+    what each costs before it holds any stream open.
+    """
     profile = PROFILES[name]
     rows = rows or profile.rows
     cores = sorted(os.sched_getaffinity(0))
@@ -215,9 +232,17 @@ def run_profile(name: str, rows: int | None, reps: int, work: Path) -> list[Stre
             for side in SIDES:
                 sample, poller = got[side]
                 samples.append(StreamSample(sample, events, poller.full_after_s, poller.peak))
+        fixed_input = work / f"streams-{FIXED_ROWS}.jsonl"
+        write_input(fixed_input, FIXED_ROWS)
+        fixed = {
+            side: run_client(
+                side, mock, client_core, fixed_input, FIXED_ROWS, FIXED_ROWS, 1024, work
+            ).peak_rss_mb
+            for side in ("runner", "sdk")
+        }
     finally:
         mock.stop()
-    return samples
+    return samples, fixed
 
 
 def main() -> None:
@@ -234,13 +259,14 @@ def main() -> None:
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="runner-streams-") as tmp:
         for name in args.profile:
-            samples = run_profile(name, args.rows, args.reps, Path(tmp))
+            samples, fixed = run_profile(name, args.rows, args.reps, Path(tmp))
             if not samples:
                 print(f"\nprofile {name}: no repetition had every row ok")
                 continue
             results[name] = {
                 "profile": asdict(PROFILES[name]) | {"rows": args.rows or PROFILES[name].rows},
-                "table": print_profile(name, samples),
+                "table": print_profile(name, samples, fixed),
+                "fixed_peak_rss_mb": fixed,
                 "samples": [
                     asdict(s.sample) | {"events": s.events, "full_after_s": s.full_after_s}
                     for s in samples
