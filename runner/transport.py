@@ -17,6 +17,7 @@ from runner.job import (
     DEFAULT_MAX_EVENT_BYTES,
     Job,
 )
+from runner.network import AsyncioBackend, asyncio_transport
 from runner.watchdog import Watchdog
 
 
@@ -127,7 +128,8 @@ class ShardedTransport(httpx.AsyncBaseTransport):
 
     httpcore scans every pooled connection on every request (and polls each idle socket),
     which profiling showed to be the largest client cost at concurrency 64 and above
-    (bench/README.md); pools of SHARD_SIZE connections keep that scan short.
+    (bench/README.md); pools of SHARD_SIZE connections keep that scan short. Their
+    connections are runner.network's, not anyio's (cheaper reads on long streams).
     """
 
     SHARD_SIZE = 4
@@ -138,7 +140,8 @@ class ShardedTransport(httpx.AsyncBaseTransport):
         limits = httpx.Limits(max_connections=size, max_keepalive_connections=size)
         # One TLS context for all: building one loads the CA bundle (~0.1 s of CPU each).
         tls = httpx.create_ssl_context()
-        self._shards = [httpx.AsyncHTTPTransport(verify=tls, limits=limits) for _ in range(count)]
+        backend = AsyncioBackend()
+        self._shards = [asyncio_transport(backend, tls, limits) for _ in range(count)]
         # Responses open per shard: with at most `concurrency` in flight one always has room.
         self._open = [0] * count
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -31,8 +32,13 @@ async def start_server(
     return await start_app(create_app(config, record), host, port)
 
 
-async def start_app(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, str]:
-    """Bind any aiohttp application (the mock, or a test's server) and return its base URL."""
+async def start_app(
+    app: web.Application, host: str, port: int, tls: ssl.SSLContext | None = None
+) -> tuple[web.AppRunner, str]:
+    """Bind any aiohttp application (the mock, or a test's server) and return its base URL.
+
+    With `tls` (a server context holding a certificate) it is served over HTTPS.
+    """
     runner = web.AppRunner(
         app,
         # Stop a handler when its client goes away, so a stall ends with its client.
@@ -41,12 +47,13 @@ async def start_app(app: web.Application, host: str, port: int) -> tuple[web.App
         access_log=None,
     )
     await runner.setup()
-    site = web.TCPSite(runner, host, port, backlog=LISTEN_BACKLOG)
+    site = web.TCPSite(runner, host, port, backlog=LISTEN_BACKLOG, ssl_context=tls)
     await site.start()
     bound_host, bound_port = runner.addresses[0][:2]
     if ":" in bound_host:
         bound_host = f"[{bound_host}]"
-    return runner, f"http://{bound_host}:{bound_port}"
+    scheme = "http" if tls is None else "https"
+    return runner, f"{scheme}://{bound_host}:{bound_port}"
 
 
 async def stop_server(runner: web.AppRunner) -> None:
@@ -81,7 +88,7 @@ def serve_in_thread(
 
 @contextmanager
 def serve_app_in_thread(
-    app: web.Application, host: str = "127.0.0.1", port: int = 0
+    app: web.Application, host: str = "127.0.0.1", port: int = 0, tls: ssl.SSLContext | None = None
 ) -> Iterator[str]:
     """Serve `app` from a background thread with its own event loop; yields its base URL."""
     loop = asyncio.new_event_loop()
@@ -90,7 +97,7 @@ def serve_app_in_thread(
 
     async def start() -> None:
         try:
-            started["runner"], started["url"] = await start_app(app, host, port)
+            started["runner"], started["url"] = await start_app(app, host, port, tls)
         except Exception as exc:  # re-raised in the calling thread below
             started["error"] = exc
         finally:
