@@ -6,8 +6,9 @@ no retries, no store: what is left is the HTTP and SSE layers, so the stacks can
 compared against each other and against bench/floor.py. Prints one JSON line of totals.
 
 Usage: python bench/readers.py STACK INPUT.jsonl BASE_URL MODEL CONCURRENCY MAX_TOKENS
-STACK: runner (runner.client.stream_message as it is), httpcore (httpcore's pool and a
-lean SSE decoder), aiohttp (aiohttp's client and the lean decoder).
+STACK: runner (runner.client.stream_message as it is), backend (runner's transport, over
+runner/network.py, and a lean SSE decoder), sharded (the same transport on httpcore's
+anyio backend), httpcore (one httpcore pool), aiohttp (aiohttp's client and the decoder).
 """
 
 from __future__ import annotations
@@ -120,12 +121,12 @@ async def run_runner(rows: Iterator[str], base_url: str, model: str, conc: int, 
     from runner.client import stream_message
     from runner.models import Request
     from runner.provider import api_headers
-    from runner.transport import new_http_client
+    from runner.transport import Bounds, new_http_client
 
     totals = Totals()
     url = httpx.URL(base_url + "/v1/messages")
     headers = api_headers("bench-dummy-key")
-    async with new_http_client(conc, 60.0) as http:
+    async with new_http_client(conc, Bounds()) as http:
 
         async def send(line: str) -> None:
             request = Request("", 0, model, _body(line, model, mt, stream=False), "", 0, mt)
@@ -139,121 +140,44 @@ async def run_runner(rows: Iterator[str], base_url: str, model: str, conc: int, 
 
 
 async def run_sharded(rows: Iterator[str], base_url: str, model: str, conc: int, mt: int) -> Totals:
-    """runner's sharded httpx transport, its raw body stream read by the lean decoder."""
-    import httpx
-
-    from runner.transport import new_http_client
-
-    totals = Totals()
-    url = httpx.URL(base_url + "/v1/messages")
-    headers = httpx.Headers(HEADERS)
-    async with new_http_client(conc, 60.0) as http:
-
-        async def send(line: str) -> None:
-            response = await http.send(url, headers, _body(line, model, mt))
-            try:
-                await _decode(response.stream.__aiter__(), totals)
-            finally:
-                await response.stream.aclose()
-
-        await _workers(rows, conc, send)
-    return totals
-
-
-class _Protocol(asyncio.Protocol):
-    """Bytes received, and the one reader waiting for more (no pause/resume per read)."""
-
-    def __init__(self) -> None:
-        self.buffer = bytearray()
-        self.waiter: asyncio.Future[None] | None = None
-        self.ended = False
-        self.error: BaseException | None = None
-
-    def _wake(self) -> None:
-        if self.waiter is not None and not self.waiter.done():
-            self.waiter.set_result(None)
-
-    def data_received(self, data: bytes) -> None:
-        self.buffer += data
-        self._wake()
-
-    def eof_received(self) -> bool:
-        self.ended = True
-        self._wake()
-        return False
-
-    def connection_lost(self, exc: BaseException | None) -> None:
-        self.ended, self.error = True, exc
-        self._wake()
-
-
-def _asyncio_backend() -> Any:
-    """An httpcore network backend straight over asyncio's transports (plain TCP only here)."""
+    """runner's sharded transport on httpcore's own (anyio) network backend, the lean decoder."""
     import httpcore
 
-    class Stream(httpcore.AsyncNetworkStream):
-        def __init__(self, transport: asyncio.Transport, protocol: _Protocol) -> None:
-            self._transport, self._protocol = transport, protocol
-
-        async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-            protocol = self._protocol
-            if not protocol.buffer and not protocol.ended:
-                protocol.waiter = asyncio.get_running_loop().create_future()
-                try:
-                    async with asyncio.timeout(timeout):
-                        await protocol.waiter
-                except TimeoutError:
-                    raise httpcore.ReadTimeout("read timed out") from None
-                finally:
-                    protocol.waiter = None
-            if not protocol.buffer:
-                if protocol.error is not None:
-                    raise httpcore.ReadError(str(protocol.error))
-                return b""
-            data = bytes(protocol.buffer[:max_bytes])
-            del protocol.buffer[:max_bytes]
-            return data
-
-        async def write(self, buffer: bytes, timeout: float | None = None) -> None:
-            if self._protocol.ended:
-                raise httpcore.WriteError("connection closed")
-            self._transport.write(buffer)
-
-        async def aclose(self) -> None:
-            self._transport.close()
-
-        def get_extra_info(self, info: str) -> Any:
-            if info == "is_readable":
-                return bool(self._protocol.buffer) or self._protocol.ended
-            return None
-
-    class Backend(httpcore.AsyncNetworkBackend):
-        async def connect_tcp(
-            self, host: str, port: int, timeout: float | None = None, **_: Any
-        ) -> Stream:
-            loop = asyncio.get_running_loop()
-            transport, protocol = await loop.create_connection(_Protocol, host, port)
-            return Stream(transport, protocol)
-
-    return Backend()
+    return await _run_transport(
+        rows,
+        base_url,
+        model,
+        conc,
+        mt,
+        lambda: httpcore.AsyncConnectionPool(max_connections=4, max_keepalive_connections=4),
+    )
 
 
 async def run_backend(rows: Iterator[str], base_url: str, model: str, conc: int, mt: int) -> Totals:
-    """runner's sharded transport with an asyncio network backend in place of anyio's."""
-    import httpcore
+    """runner's sharded transport as it is (runner/network.py's backend), the lean decoder."""
+    return await _run_transport(rows, base_url, model, conc, mt, None)
+
+
+async def _run_transport(
+    rows: Iterator[str],
+    base_url: str,
+    model: str,
+    conc: int,
+    mt: int,
+    new_pool: Callable[[], Any] | None,
+) -> Totals:
+    """runner's ApiClient and transport, its raw body stream read by the lean decoder."""
     import httpx
 
-    from runner.transport import new_http_client
+    from runner.transport import Bounds, new_http_client
 
     totals = Totals()
     url = httpx.URL(base_url + "/v1/messages")
     headers = httpx.Headers(HEADERS)
-    backend = _asyncio_backend()
-    async with new_http_client(conc, 60.0) as http:
-        for shard in http._transport._shards:  # type: ignore[attr-defined]
-            shard._pool = httpcore.AsyncConnectionPool(
-                max_connections=4, max_keepalive_connections=4, network_backend=backend
-            )
+    async with new_http_client(conc, Bounds()) as http:
+        if new_pool is not None:
+            for shard in http._transport._shards:  # type: ignore[attr-defined]
+                shard._pool = new_pool()
 
         async def send(line: str) -> None:
             response = await http.send(url, headers, _body(line, model, mt))

@@ -85,8 +85,9 @@ def _wake(waiter: asyncio.Future[None] | None) -> None:
         waiter.set_result(None)
 
 
-def _reason(exc: BaseException | None, default: str) -> str:
-    return f"{type(exc).__name__}: {exc}" if exc is not None else default
+def _reason(exc: BaseException) -> str:
+    """What went wrong below, for the message of the httpcore error raised for it."""
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
 class AsyncioStream(httpcore.AsyncNetworkStream):
@@ -104,11 +105,14 @@ class AsyncioStream(httpcore.AsyncNetworkStream):
         while not chunks:
             if receiver.ended:
                 if receiver.error is not None:
-                    raise httpcore.ReadError(_reason(receiver.error, ""))
+                    raise httpcore.ReadError(_reason(receiver.error))
                 return b""
-            receiver.read_waiter = asyncio.get_running_loop().create_future()
+            waiter = receiver.read_waiter = asyncio.get_running_loop().create_future()
             try:
-                await _within(receiver.read_waiter, timeout, httpcore.ReadTimeout)
+                if timeout is None:  # runner's case: its watchdog times attempts, not reads
+                    await waiter
+                else:
+                    await _within(waiter, timeout, httpcore.ReadTimeout)
             finally:
                 receiver.read_waiter = None
         if len(chunks) > 1 and receiver.unread <= max_bytes:
@@ -131,7 +135,8 @@ class AsyncioStream(httpcore.AsyncNetworkStream):
             return
         receiver = self._receiver
         if receiver.ended or self._transport.is_closing():
-            raise httpcore.WriteError(_reason(receiver.error, "the connection is closed"))
+            why = "the connection is closed" if receiver.error is None else _reason(receiver.error)
+            raise httpcore.WriteError(why)
         self._transport.write(buffer)
         while receiver.writing_paused and not receiver.ended:
             receiver.drain_waiter = asyncio.get_running_loop().create_future()
@@ -140,7 +145,7 @@ class AsyncioStream(httpcore.AsyncNetworkStream):
             finally:
                 receiver.drain_waiter = None
         if receiver.error is not None:
-            raise httpcore.WriteError(_reason(receiver.error, ""))
+            raise httpcore.WriteError(_reason(receiver.error))
 
     async def aclose(self) -> None:
         """Close at once: under TLS without waiting for the server's close_notify (as anyio's)."""
@@ -167,7 +172,7 @@ class AsyncioStream(httpcore.AsyncNetworkStream):
             if isinstance(exc, TimeoutError):
                 raise httpcore.ConnectTimeout("timed out in the TLS handshake") from exc
             if isinstance(exc, (ssl.SSLError, OSError)):
-                raise httpcore.ConnectError(_reason(exc, "")) from exc
+                raise httpcore.ConnectError(_reason(exc)) from exc
             raise
         if tls is None:  # the connection closed during the handshake
             raise httpcore.ConnectError("the connection closed during the TLS handshake")
@@ -232,9 +237,9 @@ class AsyncioBackend(httpcore.AsyncNetworkBackend):
                     lambda: receiver, host, port, local_addr=local
                 )
         except TimeoutError as exc:  # before OSError: a TimeoutError is one
-            raise httpcore.ConnectTimeout(_reason(exc, "timed out connecting")) from exc
+            raise httpcore.ConnectTimeout(f"timed out connecting to {host}:{port}") from exc
         except OSError as exc:
-            raise httpcore.ConnectError(_reason(exc, "")) from exc
+            raise httpcore.ConnectError(_reason(exc)) from exc
         for option in socket_options or ():
             transport.get_extra_info("socket").setsockopt(*option)
         return AsyncioStream(transport, receiver, tls=False)

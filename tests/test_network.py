@@ -1,4 +1,4 @@
-"""HTTPS through runner's own network backend (runner/network.py): the mock served over TLS.
+"""runner's own network backend (runner/network.py): HTTPS to the mock, and flow control.
 
 The certificates are made here by trustme; runner trusts the test's CA the way a user
 would, through SSL_CERT_FILE (httpx.create_ssl_context reads it).
@@ -10,8 +10,10 @@ import ssl
 from collections.abc import Iterator
 from pathlib import Path
 
+import anyio
 import pytest
 import trustme
+from aiohttp import web
 from click.testing import CliRunner, Result
 from helpers import prompts, results_of, write_jsonl
 
@@ -20,6 +22,7 @@ from runner.mock import MockConfig
 from runner.mock.record import MockRecord
 from runner.mock.serve import serve_app_in_thread
 from runner.mock.server import create_app
+from runner.network import PAUSE_BYTES, SCRATCH_BYTES, AsyncioBackend
 
 ROWS = 12
 
@@ -102,3 +105,29 @@ def test_a_certificate_for_another_host_stops_the_run_with_one_line(
         result = _run(tmp_path, url, "--max-attempts", "2")
         _assert_refused(result, "certificate is not valid for '127.0.0.1'")
         assert not record.attempts()
+
+
+@pytest.mark.anyio
+async def test_a_reader_that_falls_behind_pauses_the_socket_and_loses_nothing() -> None:
+    body = bytes(range(256)) * 8192  # 2 MiB, far more than the pause threshold
+
+    async def big(request: web.Request) -> web.Response:
+        return web.Response(body=body)
+
+    app = web.Application()
+    app.router.add_get("/big", big)
+    with serve_app_in_thread(app) as url:
+        port = int(url.rsplit(":", 1)[1])
+        stream = await AsyncioBackend().connect_tcp("127.0.0.1", port, timeout=10)
+        await stream.write(b"GET /big HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        receiver = stream._receiver  # type: ignore[attr-defined]
+        with anyio.fail_after(10):
+            while not receiver.reading_paused:  # nobody reads: the buffer must stop growing
+                await anyio.sleep(0.01)
+        assert receiver.unread <= PAUSE_BYTES + SCRATCH_BYTES
+        received = bytearray()
+        with anyio.fail_after(10):
+            while chunk := await stream.read(SCRATCH_BYTES):
+                received += chunk
+        await stream.aclose()
+    assert received.endswith(body) and received.startswith(b"HTTP/1.1 200")
