@@ -6,11 +6,13 @@ would, through SSL_CERT_FILE (httpx.create_ssl_context reads it).
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
+import httpcore
 import pytest
 import trustme
 from aiohttp import web
@@ -131,3 +133,23 @@ async def test_a_reader_that_falls_behind_pauses_the_socket_and_loses_nothing() 
                 received += chunk
         await stream.aclose()
     assert received.endswith(body) and received.startswith(b"HTTP/1.1 200")
+
+
+@pytest.mark.anyio
+async def test_a_server_silent_in_the_tls_handshake_is_a_connect_timeout() -> None:
+    closed = asyncio.Event()
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()  # never answers the ClientHello; ends when the client goes
+        writer.close()
+        await writer.wait_closed()
+        closed.set()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    async with server:
+        port = server.sockets[0].getsockname()[1]
+        stream = await AsyncioBackend().connect_tcp("127.0.0.1", port, timeout=10)
+        with pytest.raises(httpcore.ConnectTimeout):
+            await stream.start_tls(ssl.create_default_context(), "127.0.0.1", timeout=0.2)
+        with anyio.fail_after(10):  # the timed-out connection was closed, not left open
+            await closed.wait()
