@@ -13,7 +13,7 @@ import json
 import time
 from collections.abc import Callable
 from contextlib import aclosing
-from typing import Any
+from typing import Any, cast
 
 import httpx
 
@@ -73,8 +73,15 @@ async def _read_events(
     """Read the event stream to its end; `reading.completed` says if it reached `message_stop`."""
     decoder = SseDecoder(bounds.max_event_bytes)
     size = 0
+    # Without a content-encoding the body is read straight from the transport's stream
+    # (httpx's errors included): aiter_bytes would add two generator layers per chunk.
+    body = (
+        response.aiter_bytes()
+        if "content-encoding" in response.headers
+        else cast(httpx.AsyncByteStream, response.stream)
+    )
     try:
-        async for chunk in response.aiter_bytes():
+        async for chunk in body:
             watch.touch()
             size += len(chunk)
             if size > bounds.max_answer_bytes:

@@ -10,6 +10,7 @@ use, citations, refusals).
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 import os
 import re
@@ -177,6 +178,8 @@ _OK = shaped_events("text")
 BEHAVIOURS: dict[str, Behaviour] = {
     "ok": _fixed(lambda h: _stream(encode(_OK))),
     "data_only": _fixed(lambda h: _stream(encode(_OK, named=False))),
+    # A proxy that compresses the event stream although nobody asked for it.
+    "gzipped": _fixed(lambda h: _stream(gzip.compress(encode(_OK)), {"Content-Encoding": "gzip"})),
     "json_message": _fixed(
         lambda h: web.json_response(
             {

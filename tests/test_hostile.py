@@ -82,7 +82,7 @@ def by_id(run_dir: Path) -> dict[str, dict]:
 def test_no_server_answer_crashes_a_run(tmp_path: Path) -> None:
     kinds = [
         *MALFORMED,
-        *("huge_event", "huge_answer", "ping_forever", "data_only", "json_message"),
+        *("huge_event", "huge_answer", "ping_forever", "data_only", "json_message", "gzipped"),
         "gateway_limits",
     ]
     with serve_hostile() as server:
@@ -112,9 +112,10 @@ def test_no_server_answer_crashes_a_run(tmp_path: Path) -> None:
         assert rows[kind]["error_type"] == "response_too_large", kind
         assert rows[kind]["attempts"] == 1, kind  # never retried
     assert rows["ping_forever"]["error_type"] == "deadline"
-    data_only = rows["data_only"]
-    assert data_only["status"] == "ok" and data_only["output_text"] == "hello world"
-    assert data_only["attempts"] == 1 and data_only["output_tokens"] == 7
+    for kind in ("data_only", "gzipped"):
+        answer = rows[kind]
+        assert answer["status"] == "ok" and answer["output_text"] == "hello world", kind
+        assert answer["attempts"] == 1 and answer["output_tokens"] == 7, kind
     whole = rows["json_message"]
     assert whole["status"] == "ok" and whole["output_text"] == "whole answer"
     assert whole["attempts"] == 1 and whole["stop_reason"] == "end_turn"
