@@ -255,8 +255,9 @@ def asyncio_transport(
     """httpx's transport (its request, response and exception mapping) over this backend."""
     transport = httpx.AsyncHTTPTransport(verify=ssl_context, limits=limits)
     # httpx's transport takes no network backend: its pool is replaced by one that does.
+    # An httpx that keeps its pool elsewhere keeps its own (anyio's) backend: slower, not wrong.
     if not isinstance(getattr(transport, "_pool", None), httpcore.AsyncConnectionPool):
-        raise RuntimeError("this httpx keeps its connection pool elsewhere; runner needs <0.29")
+        return transport
     transport._pool = httpcore.AsyncConnectionPool(
         ssl_context=ssl_context,
         max_connections=limits.max_connections,

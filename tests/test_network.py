@@ -25,6 +25,7 @@ from runner.mock.record import MockRecord
 from runner.mock.serve import serve_app_in_thread
 from runner.mock.server import create_app
 from runner.network import PAUSE_BYTES, SCRATCH_BYTES, AsyncioBackend
+from runner.transport import ShardedTransport
 
 ROWS = 12
 
@@ -153,3 +154,10 @@ async def test_a_server_silent_in_the_tls_handshake_is_a_connect_timeout() -> No
             await stream.start_tls(ssl.create_default_context(), "127.0.0.1", timeout=0.2)
         with anyio.fail_after(10):  # the timed-out connection was closed, not left open
             await closed.wait()
+
+
+def test_the_sharded_pools_connect_through_runners_backend() -> None:
+    """The switch holds: should httpx move its pool, this fails instead of runner slowing."""
+    transport = ShardedTransport(concurrency=8)
+    backends = {type(shard._pool._network_backend) for shard in transport._shards}
+    assert backends == {AsyncioBackend}
