@@ -42,6 +42,18 @@ def listed_batches(mock: MockServer) -> list[dict[str, Any]]:
     return answer.json()["data"]
 
 
+def _stop_once_submitted(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The run stops, as on a SIGTERM, once its batches are submitted; returns what to restore."""
+    original = BatchBackend.wait_and_collect
+
+    async def stop_then_wait(self: BatchBackend) -> None:
+        self.control.stop(0)
+        await original(self)
+
+    monkeypatch.setattr(BatchBackend, "wait_and_collect", stop_then_wait)
+    return original
+
+
 def test_a_streamed_body_is_the_params_plus_stream() -> None:
     params = b'{"max_tokens":5,"messages":[{"role":"user","content":"}"}],"model":"m"}'
     assert json.loads(streaming(params)) == {**json.loads(params), "stream": True}
@@ -158,13 +170,7 @@ def test_a_batch_over_the_size_cap_is_split(tmp_path: Path) -> None:
 def test_cancel_ends_the_running_batches_and_records_what_ended(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    original = BatchBackend.wait_and_collect
-
-    async def stop_then_wait(self: BatchBackend) -> None:
-        self.control.stop(0)  # as a SIGTERM once the batches are submitted
-        await original(self)
-
-    monkeypatch.setattr(BatchBackend, "wait_and_collect", stop_then_wait)
+    _stop_once_submitted(monkeypatch)
     with serve_in_thread(MockConfig(batch_processing_s=600.0)) as mock:
         outcome = run_batch(tmp_path, mock, prompts(8), run_id="r1")
         assert outcome.exit_code == 130
@@ -229,13 +235,7 @@ def test_a_lost_create_with_several_candidates_stops_and_names_them(tmp_path: Pa
 def test_a_canceled_batch_keeps_and_bills_what_finished_before_the_cancel(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    original = BatchBackend.wait_and_collect
-
-    async def stop_then_wait(self: BatchBackend) -> None:
-        self.control.stop(0)
-        await original(self)
-
-    monkeypatch.setattr(BatchBackend, "wait_and_collect", stop_then_wait)
+    _stop_once_submitted(monkeypatch)
     rows = prompts(40, prefix="half")
     with serve_in_thread(MockConfig(batch_processing_s=0.5)) as mock:
         outcome = run_batch(tmp_path, mock, rows, run_id="r1")
@@ -254,18 +254,13 @@ def test_a_canceled_batch_keeps_and_bills_what_finished_before_the_cancel(
 def test_rows_without_an_id_column_are_matched_on_resume_by_identity(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    original = BatchBackend.wait_and_collect
-
-    async def stop_then_wait(self: BatchBackend) -> None:
-        self.control.stop(0)
-        await original(self)
-
-    monkeypatch.setattr(BatchBackend, "wait_and_collect", stop_then_wait)
+    original = _stop_once_submitted(monkeypatch)
     rows = [{"prompt": p["prompt"]} for p in prompts(10, prefix="noid")]
     rows.append(dict(rows[0]))  # an identical row: a second occurrence, its own item
     with serve_in_thread(MockConfig(batch_processing_s=0.05)) as mock:
         first = run_batch(tmp_path, mock, rows, run_id="r1", id_column=None)
         assert first.exit_code == 130
+        # Only this patch: undo() would also take back the test's API key.
         monkeypatch.setattr(BatchBackend, "wait_and_collect", original)
         second = run_batch(tmp_path, mock, rows, run_id="r1", id_column=None)
         succeeded = Counter(a.prompt for a in mock.record.attempts() if a.outcome == "ok")
